@@ -1,0 +1,189 @@
+"""The application factory: routes, the observing middleware, and the lifecycle of shared resources.
+
+``create_app(config)`` reads nothing from the environment. Everything long-lived (the Webapp
+connection pool and the token pool's background task) starts and stops in ``cleanup_ctx``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from .config import Config
+from .errors import BadRequest, BodyTooLarge, GatewayError, MethodNotAllowed, NotFound
+from .forward import Exchange, Forwarder
+from .headers import REQUEST_ID, request_id
+from .local import client_login, client_logout, health, readiness
+from .metrics import Metrics
+from .policy import Action, decide
+from .tokens import Clock, SystemClock, TokenPool
+from .webapp import Webapp
+
+log = structlog.get_logger("gateway.access")
+
+# nginx's status for a request whose client went away before the answer.
+CLIENT_CLOSED = 499
+MAX_LOGGED_PATH = 512
+
+
+@dataclass(eq=False)
+class Gateway:
+    """Everything one gateway app shares between requests."""
+
+    config: Config
+    clock: Clock
+    webapp: Webapp
+    pool: TokenPool
+    metrics: Metrics
+    forwarder: Forwarder
+    draining: bool = False
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+EXCHANGE = web.RequestKey("exchange", Exchange)
+
+
+def create_app(
+    config: Config, *, clock: Clock | None = None, rng: random.Random | None = None
+) -> web.Application:
+    """The gateway as an aiohttp application, configured by ``config`` alone."""
+    clock = clock or SystemClock()
+    metrics = Metrics()
+    webapp = Webapp(config, clock)
+    pool = TokenPool(webapp.login, config.tokens, metrics, clock, rng or random.Random())
+    metrics.watch_token_expiry(lambda: pool.seconds_left(webapp.account))
+    forwarder = Forwarder(webapp, pool, metrics, config.server, config.webapp.api_key)
+    gateway = Gateway(config, clock, webapp, pool, metrics, forwarder)
+
+    app = web.Application(middlewares=[_observe(gateway)])
+    app[GATEWAY] = gateway
+    app.cleanup_ctx.append(_webapp_lifecycle)
+    app.router.add_get("/_gateway/healthz", _healthz)
+    app.router.add_get("/_gateway/readyz", _readyz)
+    app.router.add_get("/_gateway/metrics", _metrics)
+    app.router.add_route("*", "/{tail:.*}", _proxy)
+    return app
+
+
+async def _webapp_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    gateway = app[GATEWAY]
+    await gateway.webapp.open()
+    gateway.pool.start([gateway.webapp.account])
+    yield
+    await gateway.pool.close()
+    await gateway.webapp.close()
+
+
+async def _proxy(request: web.Request) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
+    target = decide(request.method, request.raw_path)
+    if target.action is Action.LOGIN:
+        return client_login(gateway.clock.time())
+    if target.action is Action.LOGOUT:
+        return client_logout()
+    return await gateway.forwarder(request, target, request[EXCHANGE])
+
+
+async def _healthz(request: web.Request) -> web.StreamResponse:
+    return health()
+
+
+async def _readyz(request: web.Request) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
+    if gateway.draining:
+        return readiness(False, "The gateway is shutting down.")
+    state = gateway.pool.readiness(gateway.webapp.account)
+    return readiness(state.ready, state.reason)
+
+
+async def _metrics(request: web.Request) -> web.StreamResponse:
+    body, content_type = request.app[GATEWAY].metrics.render()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response
+
+
+# aiohttp's own refusals (a target the router cannot place, say) in the gateway's error format.
+_HTTP_EXCEPTIONS: dict[int, type[GatewayError]] = {
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: BodyTooLarge,
+}
+
+
+def _from_http_exception(exc: web.HTTPException) -> GatewayError:
+    return _HTTP_EXCEPTIONS.get(exc.status, BadRequest)(f"{exc.status} {exc.reason}.")
+
+
+def _error_response(error: GatewayError) -> web.Response:
+    response = web.Response(body=error.body(), status=error.status, content_type="application/json")
+    response.headers.update(error.headers())
+    return response
+
+
+def _observe(gateway: Gateway) -> Middleware:
+    """The middleware that gives every request an id, a WhatsApp-style error body when it fails,
+    one access log event and its metrics."""
+    metrics = gateway.metrics
+
+    @web.middleware
+    async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+        exchange = Exchange(request_id(request.headers.get(REQUEST_ID)), time.perf_counter())
+        request[EXCHANGE] = exchange
+        metrics.in_flight.inc()
+        status = CLIENT_CLOSED
+        try:
+            with structlog.contextvars.bound_contextvars(request_id=exchange.request_id):
+                response = await _answer(request, handler, exchange)
+            status = response.status
+            return response
+        finally:
+            metrics.in_flight.dec()
+            elapsed = time.perf_counter() - exchange.started
+            metrics.count_request(request.method, status, elapsed)
+            log.info(
+                "request.completed",
+                method=request.method,
+                path=request.raw_path.partition("?")[0][:MAX_LOGGED_PATH],
+                status=status,
+                duration_ms=round(elapsed * 1000, 2),
+                upstream_ms=round(exchange.upstream_ms, 2),
+                request_id=exchange.request_id,
+                client=request.remote,
+                retried=exchange.retried,
+                bytes_in=exchange.bytes_in,
+                bytes_out=exchange.bytes_out,
+                failure=exchange.failure,
+            )
+
+    return observe
+
+
+async def _answer(request: web.Request, handler: Handler, exchange: Exchange) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except GatewayError as error:
+        response = _error_response(error)
+    except web.HTTPException as exc:
+        response = _error_response(_from_http_exception(exc))
+    except asyncio.CancelledError:
+        exchange.failure = "cancelled"  # the client hung up, or shutdown's grace period ended
+        raise
+    except ConnectionError:
+        exchange.failure = "client_disconnected"
+        response = _error_response(BadRequest("The client closed the connection."))
+        response.set_status(CLIENT_CLOSED)
+    except Exception:
+        log.exception("request.crashed")
+        response = _error_response(GatewayError("The gateway failed unexpectedly; see its log."))
+    if not response.prepared:  # answered here, not streamed from the Webapp
+        response.headers[REQUEST_ID] = exchange.request_id
+        exchange.bytes_out = response.content_length or 0
+    return response

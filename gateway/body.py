@@ -1,0 +1,113 @@
+"""Request bodies that can be sent twice: held in memory up to a threshold, spooled to disk beyond.
+
+The gateway receives a request body completely before it contacts the Webapp (as nginx does with
+``proxy_request_buffering on``). That is what makes the 401 replay possible for a 24 MiB upload, it
+keeps slow clients from holding Webapp connections, and it means a client that hangs up mid-upload
+never leaves a half-sent request at the Webapp. Memory stays bounded by ``memory_limit``: anything
+larger goes to an anonymous temporary file (unlinked at creation, so it disappears with its
+descriptor even if the process dies) through worker threads, never blocking the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from collections.abc import AsyncIterable, AsyncIterator
+from pathlib import Path
+from typing import BinaryIO
+
+from .errors import BodyTooLarge
+
+# Disk I/O goes through a worker thread; batching keeps the thread hops few.
+_IO_CHUNK = 256 * 1024
+
+
+class ReplayableBody:
+    """A request body read once from the client and sendable any number of times."""
+
+    def __init__(self, data: bytes, file: BinaryIO | None, size: int) -> None:
+        self._data = data
+        self._file = file
+        self.size = size
+
+    @property
+    def spooled(self) -> bool:
+        """Whether the body went to a temporary file."""
+        return self._file is not None
+
+    @classmethod
+    async def receive(
+        cls,
+        chunks: AsyncIterable[bytes],
+        *,
+        max_size: int,
+        memory_limit: int,
+        spool_dir: Path | None,
+    ) -> ReplayableBody:
+        """Read the whole body from ``chunks``; :class:`BodyTooLarge` beyond ``max_size``."""
+        held: list[bytes] = []
+        held_size = size = 0
+        file: BinaryIO | None = None
+        try:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > max_size:
+                    raise BodyTooLarge(_too_large(max_size))
+                held.append(chunk)
+                held_size += len(chunk)
+                if file is None and size > memory_limit:
+                    file = await asyncio.to_thread(_spool_file, spool_dir)
+                if file is not None and held_size >= _IO_CHUNK:
+                    await asyncio.to_thread(file.writelines, held)
+                    held, held_size = [], 0
+            if file is not None:
+                await asyncio.to_thread(_finish, file, held)
+                return cls(b"", file, size)
+        except BaseException:
+            if file is not None:
+                file.close()
+            raise
+        return cls(b"".join(held), None, size)
+
+    def payload(self) -> bytes | AsyncIterator[bytes]:
+        """A fresh payload for one send; any number of them may be taken, even concurrently."""
+        if self._file is None:
+            return self._data
+        return _read_file(self._file.fileno(), self.size)
+
+    def close(self) -> None:
+        """Release the temporary file, if any."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def check_declared_size(content_length: int | None, max_size: int) -> None:
+    """Refuse a body up front when its declared length is already too large."""
+    if content_length is not None and content_length > max_size:
+        raise BodyTooLarge(_too_large(max_size))
+
+
+def _too_large(max_size: int) -> str:
+    return f"The request body is larger than the gateway's limit of {max_size} bytes."
+
+
+def _spool_file(spool_dir: Path | None) -> BinaryIO:
+    return tempfile.TemporaryFile(dir=spool_dir, prefix="wa-gateway-body-")
+
+
+def _finish(file: BinaryIO, held: list[bytes]) -> None:
+    file.writelines(held)
+    file.flush()
+
+
+async def _read_file(fd: int, size: int) -> AsyncIterator[bytes]:
+    # pread keeps no shared offset, so an abandoned first send cannot disturb the replay.
+    offset = 0
+    while offset < size:
+        chunk = await asyncio.to_thread(os.pread, fd, min(_IO_CHUNK, size - offset), offset)
+        if not chunk:
+            raise OSError(f"spooled request body ended after {offset} of {size} bytes")
+        offset += len(chunk)
+        yield chunk

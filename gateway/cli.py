@@ -1,0 +1,64 @@
+"""The ``wa-gateway`` command: argument parsing and the three subcommands, nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+from . import __version__
+from .app import create_app
+from .config import ConfigError, describe, load_config
+from .demo import run_demo
+from .log import configure_logging
+from .server import ListenError, serve
+
+CONFIG_ERROR = 2
+INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wa-gateway",
+        description="Authenticating reverse proxy in front of the WhatsApp Business API Webapp.",
+    )
+    parser.add_argument("--version", action="version", version=f"wa-gateway {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve_cmd = commands.add_parser("serve", help="run the gateway")
+    check_cmd = commands.add_parser(
+        "check-config", help="validate the configuration and print it with secrets masked"
+    )
+    for command in (serve_cmd, check_cmd):
+        command.add_argument(
+            "--config", metavar="FILE", help="TOML file (default: $GATEWAY_CONFIG, if set)"
+        )
+    commands.add_parser("demo", help="run the gateway in front of the built-in Webapp simulator")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    environ = os.environ if environ is None else environ
+    if args.command == "demo":
+        return run_demo(environ)
+    try:
+        config = load_config(args.config, environ)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"wa-gateway: configuration error: {problem}", file=sys.stderr)
+        return CONFIG_ERROR
+    if args.command == "check-config":
+        print("\n".join(describe(config)).rstrip())
+        return 0
+    configure_logging(config.server.log_level)
+    try:
+        asyncio.run(serve(create_app(config), config))
+    except ListenError as exc:
+        print(f"wa-gateway: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers are in place
+        return INTERRUPTED
+    return 0

@@ -1,0 +1,519 @@
+"""Configuration: one table of settings, read from a TOML file and the environment (which wins).
+
+``load_config(path, environ)`` is the only entry point. It reads nothing else, checks every setting,
+and raises :class:`ConfigError` listing every problem at once, one line each, naming the setting and
+never echoing a secret. The result is a tree of frozen dataclasses.
+
+An environment variable set to the empty string counts as unset (as shells and compose files
+produce them); in the file, a setting is unset by leaving it out. ``password_file`` wins over
+``password`` wherever each comes from: when it is given, the password is neither read nor checked.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import os
+import re
+import ssl
+import tomllib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Generic, TypeVar
+
+from yarl import URL
+
+from .secret import MASK, Secret
+
+T = TypeVar("T")
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+_SIZE_UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
+_SIZE = re.compile(r"^\s*(\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
+_SIZE_HINT = "must be a size in bytes, optionally with KiB, MiB or GiB, e.g. 100MiB"
+# A password file is a few bytes; reading a bounded amount keeps /dev/zero from hanging the check.
+_MAX_PASSWORD_FILE = 4096
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class Invalid(ValueError):
+    """A parser's verdict on one value; the message says what is wrong without repeating it."""
+
+
+@dataclass(frozen=True)
+class Address:
+    """A ``host:port`` to listen on."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class WebappConfig:
+    """Where the Webapp is and how the gateway authenticates to it."""
+
+    url: URL
+    username: str
+    password: Secret | None
+    password_file: Path | None
+    api_key: Secret | None
+    ca_file: Path | None
+    tls_verify: bool
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The gateway's own listener, limits and timeouts."""
+
+    listen: Address
+    upstream_timeout: float
+    connect_timeout: float
+    upstream_connections: int
+    max_body: int
+    body_memory: int
+    spool_dir: Path | None
+    shutdown_drain: float
+    shutdown_grace: float
+    log_level: str
+
+
+@dataclass(frozen=True)
+class TokenConfig:
+    """When the token pool logs in, refreshes and backs off."""
+
+    login_timeout: float
+    refresh_before: float
+    refresh_jitter: float
+    backoff_initial: float
+    backoff_max: float
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole, checked configuration."""
+
+    webapp: WebappConfig
+    server: ServerConfig
+    tokens: TokenConfig
+
+
+# --- parsers: each takes what TOML or the environment gave and returns the typed value -----------
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise Invalid("must be a string")
+    return value
+
+
+def _nonempty(value: object) -> str:
+    text = _text(value).strip()
+    if not text:
+        raise Invalid("must not be empty")
+    return text
+
+
+def _basic_auth_text(text: str) -> None:
+    # The Webapp login is HTTP Basic auth, which aiohttp encodes as Latin-1.
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        raise Invalid(
+            "must be Latin-1 text (HTTP Basic auth cannot carry other characters)"
+        ) from None
+
+
+def _username(value: object) -> str:
+    name = _nonempty(value)
+    if ":" in name:
+        raise Invalid("must not contain ':' (HTTP Basic auth cannot carry it)")
+    if not name.isprintable():
+        raise Invalid("must not contain control characters")
+    _basic_auth_text(name)
+    return name
+
+
+def _password(value: object) -> Secret:
+    # Taken verbatim: leading or trailing spaces may be part of a password.
+    password = _text(value)
+    if not password.strip():
+        raise Invalid("must not be empty")
+    _basic_auth_text(password)
+    return Secret(password)
+
+
+def _password_file(value: object) -> Path:
+    path = Path(_nonempty(value))
+    try:
+        with path.open("rb") as file:
+            data = file.read(_MAX_PASSWORD_FILE + 1)
+    except OSError as exc:
+        raise Invalid(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
+    if len(data) > _MAX_PASSWORD_FILE:
+        raise Invalid(f"is larger than {_MAX_PASSWORD_FILE} bytes, it cannot hold just a password")
+    try:
+        password = data.decode("utf-8").rstrip("\r\n")  # the rule the Webapp login applies
+    except UnicodeDecodeError:
+        raise Invalid("is not UTF-8 text") from None
+    if not password.strip():
+        raise Invalid("holds no password")
+    _basic_auth_text(password)
+    return path
+
+
+def _api_key(value: object) -> Secret:
+    key = _text(value)
+    if not 12 <= len(key) <= 128:
+        raise Invalid(f"must be 12 to 128 characters long, it has {len(key)}")
+    # It travels in an Authorization header, where spaces and control characters break it.
+    if not all("!" <= char <= "~" for char in key):
+        raise Invalid("must be visible ASCII characters only, without spaces")
+    return Secret(key)
+
+
+def _url(value: object) -> URL:
+    try:
+        url = URL(_nonempty(value))
+        port = url.port  # yarl checks the port's range only when asked
+    except ValueError:
+        raise Invalid("is not a URL") from None
+    if url.scheme not in ("http", "https") or not url.host or port is None:
+        raise Invalid("must be an http:// or https:// URL with a host, e.g. https://webapp:443")
+    if url.user is not None or url.password is not None:
+        raise Invalid("must not carry credentials: set WA_USERNAME and WA_PASSWORD instead")
+    if url.query_string or url.fragment:
+        raise Invalid("must not have a query or fragment")
+    # The raw (still encoded) path, so that an escaped character such as %2F keeps its meaning.
+    return url.with_path(url.raw_path.rstrip("/"), encoded=True)
+
+
+def _listen(value: object) -> Address:
+    text = _nonempty(value)
+    match = re.fullmatch(r"\[([^\[\]\s]+)\]:(\d{1,5})|([^:\[\]\s]+):(\d{1,5})", text)
+    if match is None:
+        raise Invalid("must be host:port, e.g. 127.0.0.1:8080 or [::1]:8080")
+    if match.group(1) is not None:
+        try:
+            host = str(ipaddress.IPv6Address(match.group(1)))
+        except ValueError:
+            raise Invalid("has an address in brackets that is not an IPv6 address") from None
+    else:
+        host = match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if port > 65535:
+        raise Invalid("has a port above 65535")
+    return Address(host, port)
+
+
+def _bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = _text(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise Invalid("must be true or false")
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bool):
+        raise Invalid("must be a number")
+    if isinstance(value, int | float):
+        number = float(value)
+    else:
+        try:
+            number = float(_text(value))
+        except ValueError:
+            raise Invalid("must be a number") from None
+    if not math.isfinite(number):
+        raise Invalid("must be a finite number")
+    return number
+
+
+def _seconds(value: object) -> float:
+    number = _number(value)
+    if number <= 0:
+        raise Invalid("must be a number of seconds above 0")
+    return number
+
+
+def _seconds_or_zero(value: object) -> float:
+    number = _number(value)
+    if number < 0:
+        raise Invalid("must be a number of seconds, 0 or more")
+    return number
+
+
+def _fraction(value: object) -> float:
+    number = _number(value)
+    if not 0 <= number < 1:
+        raise Invalid("must be a fraction from 0 up to (not including) 1")
+    return number
+
+
+def _count(value: object) -> int:
+    number = _number(value)
+    if number != int(number) or number < 1:
+        raise Invalid("must be a whole number above 0")
+    return int(number)
+
+
+def _size(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str):
+        match = _SIZE.match(value)
+        unit = match.group(2).lower() if match else ""
+        if match is None or unit not in _SIZE_UNITS:
+            raise Invalid(_SIZE_HINT)
+        size = int(match.group(1)) * _SIZE_UNITS[unit]
+    else:
+        raise Invalid(_SIZE_HINT)
+    if size < 1:
+        raise Invalid("must be at least 1 byte")
+    return size
+
+
+def _log_level(value: object) -> str:
+    level = _text(value).strip().lower()
+    if level not in LOG_LEVELS:
+        raise Invalid(f"must be one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def _readable_file(value: object) -> Path:
+    path = Path(_nonempty(value))
+    try:
+        with path.open("rb") as file:
+            file.read(1)
+    except OSError as exc:
+        raise Invalid(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
+    return path
+
+
+def _ca_file(value: object) -> Path:
+    path = _readable_file(value)
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (ssl.SSLError, OSError):
+        raise Invalid("holds no PEM CA certificate") from None
+    return path
+
+
+def _directory(value: object) -> Path:
+    path = Path(_nonempty(value))
+    if not path.is_dir():
+        raise Invalid("is not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise Invalid("is not writable")
+    return path
+
+
+# --- the table -----------------------------------------------------------------------------------
+
+
+class _Required:
+    """Marks a setting without a default."""
+
+
+REQUIRED = _Required()
+
+
+@dataclass(frozen=True)
+class Setting(Generic[T]):
+    """One configuration setting: where it lives in the file, its variable, how to read it."""
+
+    section: str
+    key: str
+    env: str
+    parse: Callable[[object], T]
+    default: T | _Required | None
+    secret: bool = False
+    # The key of a setting in the same section that, when given, makes this one unused.
+    yields_to: str | None = field(default=None, kw_only=True)
+
+    @property
+    def name(self) -> str:
+        """How error messages name the setting: the variable and the file key."""
+        return f"{self.env} ({self.section}.{self.key})"
+
+
+SETTINGS: tuple[Setting[object], ...] = (
+    Setting("webapp", "url", "WA_WEBAPP_URL", _url, REQUIRED),
+    Setting("webapp", "username", "WA_USERNAME", _username, "admin"),
+    Setting(
+        "webapp", "password", "WA_PASSWORD", _password, None, secret=True, yields_to="password_file"
+    ),
+    Setting("webapp", "password_file", "WA_PASSWORD_FILE", _password_file, None),
+    Setting("webapp", "api_key", "WA_API_KEY", _api_key, None, secret=True),
+    Setting("webapp", "ca_file", "WA_CA_FILE", _ca_file, None),
+    Setting("webapp", "tls_verify", "WA_TLS_VERIFY", _bool, True),
+    Setting("server", "listen", "GATEWAY_LISTEN", _listen, Address("127.0.0.1", 8080)),
+    Setting("server", "upstream_timeout", "GATEWAY_UPSTREAM_TIMEOUT", _seconds, 60.0),
+    Setting("server", "connect_timeout", "GATEWAY_CONNECT_TIMEOUT", _seconds, 10.0),
+    Setting("server", "upstream_connections", "GATEWAY_UPSTREAM_CONNECTIONS", _count, 100),
+    Setting("server", "max_body", "GATEWAY_MAX_BODY", _size, 100 << 20),
+    Setting("server", "body_memory", "GATEWAY_BODY_MEMORY", _size, 1 << 20),
+    Setting("server", "spool_dir", "GATEWAY_SPOOL_DIR", _directory, None),
+    Setting("server", "shutdown_drain", "GATEWAY_SHUTDOWN_DRAIN", _seconds_or_zero, 0.0),
+    Setting("server", "shutdown_grace", "GATEWAY_SHUTDOWN_GRACE", _seconds_or_zero, 30.0),
+    Setting("server", "log_level", "GATEWAY_LOG_LEVEL", _log_level, "info"),
+    Setting("tokens", "login_timeout", "GATEWAY_LOGIN_TIMEOUT", _seconds, 30.0),
+    Setting("tokens", "refresh_before", "GATEWAY_REFRESH_BEFORE", _fraction, 0.1),
+    Setting("tokens", "refresh_jitter", "GATEWAY_REFRESH_JITTER", _fraction, 0.05),
+    Setting("tokens", "backoff_initial", "GATEWAY_LOGIN_BACKOFF_INITIAL", _seconds, 1.0),
+    Setting("tokens", "backoff_max", "GATEWAY_LOGIN_BACKOFF_MAX", _seconds, 30.0),
+)
+SECTIONS: dict[str, type[WebappConfig | ServerConfig | TokenConfig]] = {
+    "webapp": WebappConfig,
+    "server": ServerConfig,
+    "tokens": TokenConfig,
+}
+CONFIG_ENV = "GATEWAY_CONFIG"
+_BY_KEY = {(s.section, s.key): s for s in SETTINGS}
+_SECTION_LIST = ", ".join(f"[{section}]" for section in SECTIONS)
+_Document = dict[str, dict[str, object]]
+
+
+def load_config(path: str | Path | None, environ: Mapping[str, str]) -> Config:
+    """Build the configuration from the TOML file at ``path`` (if any) and ``environ``.
+
+    Environment variables win over the file. ``path`` of ``None`` falls back to ``GATEWAY_CONFIG``.
+    Raises :class:`ConfigError` naming every problem found.
+    """
+    problems: list[str] = []
+    document = _read_document(path, environ, problems)
+    values: dict[str, dict[str, object]] = {section: {} for section in SECTIONS}
+    for setting in SETTINGS:
+        winner = _BY_KEY[setting.section, setting.yields_to] if setting.yields_to else None
+        if winner is not None and _raw(winner, environ, document) is not None:
+            values[setting.section][setting.key] = None  # unused, so neither read nor checked
+            continue
+        raw = _raw(setting, environ, document)
+        try:
+            value = setting.default if raw is None else setting.parse(raw)
+        except Invalid as exc:
+            problems.append(f"{setting.name}: {exc}")
+            continue
+        if isinstance(value, _Required):
+            problems.append(f"{setting.name}: is required")
+            continue
+        values[setting.section][setting.key] = value
+    problems.extend(_relations(values))
+    if problems:
+        raise ConfigError(problems)
+    return Config(
+        webapp=WebappConfig(**values["webapp"]),  # type: ignore[arg-type]
+        server=ServerConfig(**values["server"]),  # type: ignore[arg-type]
+        tokens=TokenConfig(**values["tokens"]),  # type: ignore[arg-type]
+    )
+
+
+def _raw(setting: Setting[object], environ: Mapping[str, str], document: _Document) -> object:
+    # An empty variable is unset: shells and compose files make them for values nobody gave.
+    return environ.get(setting.env) or document.get(setting.section, {}).get(setting.key)
+
+
+def _relations(values: Mapping[str, Mapping[str, object]]) -> Iterator[str]:
+    """Problems between settings that are fine one by one."""
+    # A setting that failed to parse is missing from ``values``; its problem is reported already.
+    webapp, tokens = values["webapp"], values["tokens"]
+    if webapp.get("password", "") is None and webapp.get("password_file", "") is None:
+        yield "WA_PASSWORD or WA_PASSWORD_FILE: one of them is required"
+    before, jitter = tokens.get("refresh_before"), tokens.get("refresh_jitter")
+    if isinstance(before, float) and isinstance(jitter, float) and before + jitter >= 1:
+        yield (
+            "GATEWAY_REFRESH_BEFORE and GATEWAY_REFRESH_JITTER (tokens.refresh_before, "
+            "tokens.refresh_jitter): must add up to less than 1, or every token is due at once"
+        )
+    initial, ceiling = tokens.get("backoff_initial"), tokens.get("backoff_max")
+    if isinstance(initial, float) and isinstance(ceiling, float) and initial > ceiling:
+        yield (
+            "GATEWAY_LOGIN_BACKOFF_INITIAL (tokens.backoff_initial): "
+            "must not be above GATEWAY_LOGIN_BACKOFF_MAX (tokens.backoff_max)"
+        )
+
+
+def _read_document(
+    path: str | Path | None, environ: Mapping[str, str], problems: list[str]
+) -> _Document:
+    if path is not None:
+        label = f"config file {path}"
+    elif environ.get(CONFIG_ENV):
+        path = environ[CONFIG_ENV]
+        label = f"{CONFIG_ENV} ({path})"
+    else:
+        return {}
+    try:
+        with Path(path).open("rb") as file:
+            document = tomllib.load(file)
+    except OSError as exc:
+        problems.append(f"{label}: cannot be read ({exc.strerror or type(exc).__name__})")
+        return {}
+    except UnicodeDecodeError:
+        problems.append(f"{label}: is not UTF-8 text")
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's messages name a position and at most one character, never a value.
+        problems.append(f"{label}: is not valid TOML ({exc})")
+        return {}
+    return _sections(document, label, problems)
+
+
+def _sections(document: Mapping[str, object], label: str, problems: list[str]) -> _Document:
+    tables: _Document = {}
+    for name, table in document.items():
+        if name in SECTIONS and isinstance(table, dict):
+            problems.extend(
+                f"{label}: unknown key {name}.{key}" for key in table if (name, key) not in _BY_KEY
+            )
+            tables[name] = table
+        elif name in SECTIONS:
+            problems.append(f"{label}: {name} must be a section, [{name}]")
+        elif isinstance(table, dict):
+            problems.append(f"{label}: unknown section [{name}] (sections are {_SECTION_LIST})")
+        else:
+            problems.append(f"{label}: unknown key {name} (settings belong in {_SECTION_LIST})")
+    return tables
+
+
+def describe(config: Config) -> Iterator[str]:
+    """The effective configuration as TOML lines, secrets masked, for ``check-config``.
+
+    Unset settings are comments, so the output loads again as a configuration file once the
+    masked secrets are filled in.
+    """
+    for section in SECTIONS:
+        yield f"[{section}]"
+        group = getattr(config, section)
+        for setting in (s for s in SETTINGS if s.section == section):
+            value = getattr(group, setting.key)
+            if value is not None:
+                yield f"{setting.key} = {_toml_value(MASK if setting.secret else value)}"
+            elif setting.yields_to and getattr(group, setting.yields_to) is not None:
+                yield f"# {setting.key} is not used: {setting.yields_to} is set"
+            else:
+                yield f"# {setting.key} is not set"
+        yield ""
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    # JSON's string escapes are TOML's; ASCII-only output also survives any terminal encoding.
+    return json.dumps(str(value)).replace("\x7f", "\\u007f")

@@ -1,0 +1,66 @@
+"""``wa-gateway demo``: the gateway on its usual address in front of the Webapp simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sys
+from collections.abc import Mapping
+
+from aiohttp import web
+
+from .app import create_app
+from .config import ConfigError, load_config
+from .log import configure_logging
+from .server import ListenError, serve
+from .simulator import Simulator
+
+CURL = (
+    "curl -s {url}/v1/messages -H 'Content-Type: application/json' "
+    """-d '{{"to": "16315551234", "type": "text", "text": {{"body": "hi"}}}}'"""
+)
+
+
+def run_demo(environ: Mapping[str, str]) -> int:
+    """Run the demo until interrupted; returns the exit status."""
+    try:
+        asyncio.run(_demo(environ))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"wa-gateway: configuration error: {problem}", file=sys.stderr)
+        return 2
+    except ListenError as exc:
+        print(f"wa-gateway: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _demo(environ: Mapping[str, str]) -> None:
+    # A fresh password and API key each run: the simulator only lives as long as the demo.
+    password = "Demo-" + secrets.token_urlsafe(12) + "-1a!"
+    api_key = secrets.token_urlsafe(24)
+    simulator = Simulator(password=password, password_change_required=False, api_key=api_key)
+    runner = web.AppRunner(simulator.make_app(), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        webapp_url = f"http://{host}:{port}"
+        # The demo's own Webapp settings replace any WA_* of the environment; GATEWAY_* still apply.
+        settings = {key: value for key, value in environ.items() if not key.startswith("WA_")}
+        settings |= {"WA_WEBAPP_URL": webapp_url, "WA_PASSWORD": password, "WA_API_KEY": api_key}
+        config = load_config(None, settings)
+        configure_logging(config.server.log_level)
+
+        def banner(url: str) -> None:
+            print(
+                f"\nwa-gateway demo: the gateway listens on {url}, in front of a simulated Webapp "
+                f"on {webapp_url}.\nTry:\n  {CURL.format(url=url)}\n"
+                f"  curl -s {url}/v1/health\nStop with Ctrl-C.\n",
+                flush=True,
+            )
+
+        await serve(create_app(config), config, on_started=banner)
+    finally:
+        await runner.cleanup()

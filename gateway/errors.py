@@ -1,0 +1,113 @@
+"""The gateway's own failures, each knowing its HTTP status and WhatsApp-style error code.
+
+Answers of the Webapp, 4xx and 5xx included, are never turned into these: they pass through. Only
+requests the gateway refuses, and requests for which it could not get an answer, end here::
+
+    GatewayError
+    ├── Refused                 the request is not forwarded (4xx)
+    │   ├── BadRequest          400  1025 Invalid request
+    │   ├── Forbidden           403  1005 Access denied
+    │   ├── NotFound            404  1006 Not found
+    │   ├── MethodNotAllowed    405  1025 Invalid request
+    │   └── BodyTooLarge        413  1009 Invalid parameter
+    └── Unavailable             no answer from the Webapp (5xx)
+        ├── WebappUnreachable   502  1014 Internal error
+        ├── TokenUnavailable    503  1011 Service not ready (with Retry-After)
+        └── WebappTimeout       504  1014 Internal error
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import ClassVar
+
+from . import __version__
+
+META = {"version": f"wa-gateway {__version__}", "api_status": "stable"}
+
+
+class GatewayError(Exception):
+    """A failure the gateway answers itself; ``details`` says what happened and what to do."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[int] = 1014
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(self, details: str, *, retry_after: float | None = None, kind: str = "") -> None:
+        super().__init__(details)
+        self.details = details
+        self.retry_after = retry_after
+        self.kind = kind  # for metrics and logs: which way an exchange with the Webapp failed
+
+    def body(self) -> bytes:
+        """The WhatsApp-style JSON body."""
+        return error_body(self.code, self.title, self.details)
+
+    def headers(self) -> dict[str, str]:
+        """Headers the answer needs besides Content-Type."""
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+
+
+def error_body(code: int, title: str, details: str) -> bytes:
+    """A body in the Webapp's error format."""
+    errors = [{"code": code, "title": title, "details": details}]
+    return json.dumps({"errors": errors, "meta": META}).encode()
+
+
+class Refused(GatewayError):
+    """The gateway does not forward this request."""
+
+
+class BadRequest(Refused):
+    status = 400
+    code = 1025
+    title = "Invalid request"
+
+
+class Forbidden(Refused):
+    status = 403
+    code = 1005
+    title = "Access denied"
+
+
+class NotFound(Refused):
+    status = 404
+    code = 1006
+    title = "Not found"
+
+
+class MethodNotAllowed(Refused):
+    status = 405
+    code = 1025
+    title = "Invalid request"
+
+
+class BodyTooLarge(Refused):
+    status = 413
+    code = 1009
+    title = "Invalid parameter"
+
+
+class Unavailable(GatewayError):
+    """No answer could be obtained from the Webapp."""
+
+
+class WebappUnreachable(Unavailable):
+    status = 502
+    code = 1014
+    title = "Internal error"
+
+
+class TokenUnavailable(Unavailable):
+    status = 503
+    code = 1011
+    title = "Service not ready"
+
+
+class WebappTimeout(Unavailable):
+    status = 504
+    code = 1014
+    title = "Internal error"

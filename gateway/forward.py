@@ -1,0 +1,176 @@
+"""Forwarding one request: credential in, send, on 401 invalidate and replay once, stream back.
+
+The body is received whole first (see :mod:`gateway.body`), so the replay sends exactly the same
+bytes. A 401 means the Webapp refused before acting, so the replay is safe for every method. No
+other resend happens here: after a connection error or timeout the client gets 502 or 504, since
+a ``POST /v1/messages`` that may have reached the Webapp must not be sent twice. (aiohttp itself
+resends an idempotent request once when a pooled keep-alive connection turns out to be closed.)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict
+
+from .body import ReplayableBody, check_declared_size
+from .config import ServerConfig
+from .errors import GatewayError
+from .headers import downstream_headers, upstream_headers
+from .metrics import Metrics
+from .policy import Action, Target
+from .secret import Secret
+from .tokens import Token, TokenPool
+from .webapp import Webapp, translate
+
+log = structlog.get_logger("gateway.forward")
+
+_NO_BODY = ReplayableBody(b"", None, 0)
+
+
+@dataclass(eq=False)
+class Exchange:
+    """What the access log line tells about one request; filled in as the request goes."""
+
+    request_id: str
+    started: float
+    upstream_ms: float = 0.0
+    retried: bool = False
+    bytes_in: int = 0
+    bytes_out: int = 0
+    failure: str | None = None  # why an answer was cut short, if it was
+
+
+@dataclass(frozen=True)
+class Forwarder:
+    """Sends requests that passed the policy to the Webapp with the right credential."""
+
+    webapp: Webapp
+    pool: TokenPool
+    metrics: Metrics
+    server: ServerConfig
+    api_key: Secret | None
+
+    async def __call__(
+        self, request: web.Request, target: Target, exchange: Exchange
+    ) -> web.StreamResponse:
+        """Forward ``request`` and stream the Webapp's answer back."""
+        check_declared_size(request.content_length, self.server.max_body)
+        body = await self._receive(request)
+        exchange.bytes_in = body.size
+        try:
+            token: Token | None = None
+            if target.action is Action.FORWARD_APIKEY and self.api_key is not None:
+                authorization = f"Apikey {self.api_key.reveal()}"
+            else:
+                token = await self.pool.token(self.webapp.account)
+                authorization = f"Bearer {token.value.reveal()}"
+            headers = upstream_headers(
+                request.headers,
+                authorization=authorization,
+                request_id=exchange.request_id,
+                client=request.remote,
+                scheme=request.scheme,
+                content_length=body.size if request.body_exists else None,
+            )
+            answer = await self._send(request.method, target, headers, body, exchange)
+            if answer.status == 401 and token is not None:
+                answer.release()
+                token = await self._replacement(token)
+                headers["Authorization"] = f"Bearer {token.value.reveal()}"
+                exchange.retried = True
+                answer = await self._send(request.method, target, headers, body, exchange)
+            return await self._relay(request, answer, exchange)
+        finally:
+            body.close()
+
+    async def _receive(self, request: web.Request) -> ReplayableBody:
+        if not request.body_exists:
+            return _NO_BODY
+        return await ReplayableBody.receive(
+            request.content.iter_any(),
+            max_size=self.server.max_body,
+            memory_limit=self.server.body_memory,
+            spool_dir=self.server.spool_dir,
+        )
+
+    async def _replacement(self, rejected: Token) -> Token:
+        self.pool.invalidate(self.webapp.account, rejected)
+        token = await self.pool.token(self.webapp.account)
+        self.metrics.replays.inc()
+        log.info(
+            "request.replay",
+            rejected=rejected.fingerprint,
+            rejected_generation=rejected.generation,
+            fingerprint=token.fingerprint,
+            generation=token.generation,
+        )
+        return token
+
+    async def _send(
+        self,
+        method: str,
+        target: Target,
+        headers: CIMultiDict[str],
+        body: ReplayableBody,
+        exchange: Exchange,
+    ) -> aiohttp.ClientResponse:
+        started = time.perf_counter()
+        try:
+            return await self.webapp.send(method, target.path_qs, headers, body.payload() or None)
+        except GatewayError as exc:
+            self.metrics.upstream_errors.labels(exc.kind).inc()
+            exchange.failure = exc.kind
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            exchange.upstream_ms += elapsed * 1000
+            self.metrics.upstream_seconds.observe(elapsed)
+
+    async def _relay(
+        self, request: web.Request, answer: aiohttp.ClientResponse, exchange: Exchange
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            status=answer.status,
+            reason=answer.reason,
+            headers=downstream_headers(answer.headers, request_id=exchange.request_id),
+        )
+        try:
+            await response.prepare(request)
+            async for chunk in _chunks(answer):
+                await response.write(chunk)
+                exchange.bytes_out += len(chunk)
+        except _AnswerBroke as broke:
+            # The status line is gone already: a broken connection is the only honest signal left.
+            self.metrics.upstream_errors.labels(broke.kind).inc()
+            exchange.failure = f"upstream_{broke.kind}"
+            request.protocol.force_close()
+        except ConnectionError:  # the client hung up; aiohttp's reset errors are ConnectionErrors
+            exchange.failure = "client_disconnected"
+        finally:
+            answer.release()
+        return response
+
+
+class _AnswerBroke(Exception):
+    """The Webapp's answer stopped before its end."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+async def _chunks(answer: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    # Told apart here from the client's failures, which are ConnectionErrors (and ClientErrors) too.
+    try:
+        async for chunk in answer.content.iter_any():
+            yield chunk
+    except aiohttp.ClientPayloadError as exc:
+        raise _AnswerBroke("cut") from exc
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise _AnswerBroke(translate(exc).kind) from exc

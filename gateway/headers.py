@@ -1,0 +1,106 @@
+"""Header rewriting in both directions, as pure functions over multidicts.
+
+Toward the Webapp: hop-by-hop headers (RFC 9110 section 7.6.1, and any named in ``Connection``) and
+every header the gateway owns (credentials, framing, forwarding, request id) are dropped, then the
+gateway's own are set. Toward the client: hop-by-hop headers are dropped; framing comes from the
+Webapp's ``Content-Length`` when it sent one.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from multidict import CIMultiDict, MultiMapping
+
+# Lower-case names: comparing name.lower() is cheaper than building case-insensitive strings.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Set by the gateway on the way to the Webapp, whatever the client sent; so is every X-Forwarded-*.
+GATEWAY_OWNED = frozenset(
+    {
+        "authorization",
+        "host",
+        "content-length",
+        "expect",
+        "x-request-id",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+    }
+)
+_UPSTREAM_DROPPED = HOP_BY_HOP | GATEWAY_OWNED
+_FORWARDED_PREFIX = "x-forwarded-"
+REQUEST_ID = "X-Request-ID"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:+=@/-]{1,128}")
+
+
+def request_id(offered: str | None) -> str:
+    """The client's X-Request-ID when it is a sane token, otherwise a new one."""
+    if offered is not None and _REQUEST_ID.fullmatch(offered):
+        return offered
+    return uuid.uuid4().hex
+
+
+def _connection_named(headers: MultiMapping[str]) -> frozenset[str]:
+    """Lower-case names the sender listed in Connection: hop-by-hop for this message only."""
+    values = headers.getall("Connection", ())
+    if not values:
+        return frozenset()
+    return frozenset(token.strip().lower() for value in values for token in value.split(","))
+
+
+def upstream_headers(
+    incoming: MultiMapping[str],
+    *,
+    authorization: str,
+    request_id: str,
+    client: str | None,
+    scheme: str,
+    content_length: int | None,
+) -> CIMultiDict[str]:
+    """The headers sent to the Webapp for a client's request."""
+    named = _connection_named(incoming)
+    dropped = _UPSTREAM_DROPPED | named if named else _UPSTREAM_DROPPED
+    headers: CIMultiDict[str] = CIMultiDict(
+        (name, value)
+        for name, value in incoming.items()
+        if (lower := name.lower()) not in dropped and not lower.startswith(_FORWARDED_PREFIX)
+    )
+    # The client's chain is kept and the peer appended, unless the client named it hop-by-hop.
+    chain = [] if "x-forwarded-for" in named else incoming.getall("X-Forwarded-For", [])
+    hops = [hop for value in chain if (hop := value.strip())]
+    if client:
+        hops.append(client)
+    if hops:
+        headers["X-Forwarded-For"] = ", ".join(hops)
+    headers["X-Forwarded-Proto"] = scheme
+    if "Host" in incoming:
+        headers["X-Forwarded-Host"] = incoming["Host"]
+    headers[REQUEST_ID] = request_id
+    headers["Authorization"] = authorization
+    if content_length is not None:
+        headers["Content-Length"] = str(content_length)
+    return headers
+
+
+def downstream_headers(upstream: MultiMapping[str], *, request_id: str) -> CIMultiDict[str]:
+    """The headers returned to the client for the Webapp's response."""
+    named = _connection_named(upstream)
+    dropped = HOP_BY_HOP | named if named else HOP_BY_HOP
+    headers: CIMultiDict[str] = CIMultiDict(
+        (name, value) for name, value in upstream.items() if name.lower() not in dropped
+    )
+    headers[REQUEST_ID] = request_id
+    return headers

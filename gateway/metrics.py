@@ -1,0 +1,84 @@
+"""The gateway's Prometheus metrics, in a registry of their own: one per app, no globals."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+# Label values come from clients: anything outside these sets is counted as "other", so that a
+# client inventing methods cannot grow the registry without bound.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    """Every metric the gateway exports; ``render()`` gives the exposition text."""
+
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        self.requests = Counter(
+            "wa_gateway_requests",
+            "Requests answered, by method and status.",
+            ["method", "status"],
+            registry=registry,
+        )
+        self.request_seconds = Histogram(
+            "wa_gateway_request_duration_seconds",
+            "Time from receiving a request to the end of its answer.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.upstream_seconds = Histogram(
+            "wa_gateway_upstream_duration_seconds",
+            "Time from sending a request to the Webapp to receiving its response headers.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.logins = Counter(
+            "wa_gateway_logins",
+            "Logins to the Webapp, by result (ok or the failure kind).",
+            ["result"],
+            registry=registry,
+        )
+        self.refreshes = Counter(
+            "wa_gateway_token_refreshes",
+            "Tokens replaced before they expired.",
+            registry=registry,
+        )
+        self.replays = Counter(
+            "wa_gateway_replays",
+            "Requests sent again with a new token after the Webapp answered 401.",
+            registry=registry,
+        )
+        self.upstream_errors = Counter(
+            "wa_gateway_upstream_errors",
+            "Requests for which no complete answer came from the Webapp, by kind.",
+            ["kind"],
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "wa_gateway_requests_in_flight",
+            "Requests being handled now.",
+            registry=registry,
+        )
+        self.token_expiry = Gauge(
+            "wa_gateway_token_expiry_seconds",
+            "Seconds until the pooled token expires (0 when the gateway holds none).",
+            registry=registry,
+        )
+
+    def count_request(self, method: str, status: int, seconds: float) -> None:
+        """Record one answered request."""
+        label = method if method in KNOWN_METHODS else "other"
+        self.requests.labels(label, str(status)).inc()
+        self.request_seconds.observe(seconds)
+
+    def watch_token_expiry(self, seconds_left: Callable[[], float]) -> None:
+        """Read the token expiry from the pool at scrape time."""
+        self.token_expiry.set_function(seconds_left)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,192 @@
+"""Which requests may pass, and as what: decided on the normalised target, with no I/O.
+
+:func:`decide` turns a method and the request target exactly as it came off the wire into a
+:class:`Target` whose ``path_qs`` is both what the rules were checked against and what is sent
+to the Webapp, or raises a :class:`~gateway.errors.Refused`. Normalising means: only RFC 3986
+characters, escapes of unreserved characters decoded and the others upper-cased, ``.`` and ``..``
+segments resolved, repeated slashes merged; escaped slashes, backslashes, control characters and
+non-UTF-8 paths are refused rather than guessed at. An absolute-form target contributes its path
+and query only: the gateway has exactly one destination.
+
+The rules are matched against a key that is the strictest reading any server might give the path:
+percent-decoded, lower-cased and without ``;parameters``, so that neither a case-insensitive router
+nor one that drops path parameters (``/v1/Users/admin``, ``/v1/users;x/admin``) can reach the
+user endpoints with the gateway's credentials. What is sent is still the normalised path.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass, field
+from enum import Enum
+from urllib.parse import unquote, unquote_to_bytes
+
+from .errors import BadRequest, Forbidden, MethodNotAllowed, NotFound
+
+
+class Action(Enum):
+    """What the gateway does with a request that passed the rules."""
+
+    LOGIN = "login"  # answered locally with a gateway token
+    LOGOUT = "logout"  # answered locally, revokes nothing
+    FORWARD = "forward"  # sent with the pooled bearer token
+    FORWARD_APIKEY = "forward_apikey"  # sent with the API key when one is configured
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``methods`` (None: any) on ``path`` (or below it, unless ``exact``) get ``action``.
+
+    An action of None refuses the request with 403. ``path`` is compared with the matching key
+    (see the module docstring), so it is written decoded and in lower case.
+    """
+
+    path: str
+    action: Action | None
+    methods: frozenset[str] | None = None
+    exact: bool = False
+    _below: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_below", self.path + "/")
+
+    def matches(self, method: str, key: str) -> bool:
+        """Whether this rule applies to the method and the matching key of a normalised path."""
+        if self.methods is not None and method not in self.methods:
+            return False
+        return key == self.path or (not self.exact and key.startswith(self._below))
+
+
+GET = frozenset({"GET"})
+POST = frozenset({"POST"})
+# First match wins. Everything under /v1/users but login and logout would act with the gateway's
+# admin credential, so it is refused; unmatched paths are not the Webapp's API and get 404.
+RULES: tuple[Rule, ...] = (
+    Rule("/v1/users/login", Action.LOGIN, POST, exact=True),
+    Rule("/v1/users/logout", Action.LOGOUT, POST, exact=True),
+    Rule("/v1/users", None),
+    Rule("/v1/health", Action.FORWARD_APIKEY, GET, exact=True),
+    Rule("/v1/stats", Action.FORWARD_APIKEY, GET),
+    Rule("/metrics", Action.FORWARD_APIKEY, GET, exact=True),
+    Rule("/metrics", Action.FORWARD, exact=True),
+    Rule("/v1", Action.FORWARD),
+)
+# TRACE would echo the injected credential back to the caller; CONNECT would open a tunnel.
+REFUSED_METHODS = frozenset({"TRACE", "CONNECT"})
+
+
+@dataclass(frozen=True)
+class Target:
+    """A request that may pass: the normalised path, the query as received, and what to do."""
+
+    path: str
+    query: str | None
+    action: Action
+
+    @property
+    def path_qs(self) -> str:
+        """Path and query as they are sent upstream."""
+        return self.path if self.query is None else f"{self.path}?{self.query}"
+
+
+def decide(method: str, raw_target: str, rules: tuple[Rule, ...] = RULES) -> Target:
+    """Check a request against ``rules``; raise :class:`~gateway.errors.Refused` if it may not."""
+    method = method.upper()  # methods are case-sensitive, but a lenient server may not think so
+    if method in REFUSED_METHODS:
+        raise MethodNotAllowed(f"{method} is not supported by the gateway.")
+    raw_path, query = split_target(raw_target)
+    path = normalise_path(raw_path)
+    key = _matching_key(path)
+    for rule in rules:
+        if rule.matches(method, key):
+            if rule.action is None:
+                raise Forbidden(
+                    f"{method} {path} would act with the gateway's own credentials: "
+                    "manage Webapp users directly, not through the gateway."
+                )
+            return Target(path, query, rule.action)
+    raise NotFound(f"{path} is not part of the Webapp API that the gateway forwards.")
+
+
+# The query is forwarded as received; it only has to be printable ASCII to be one unambiguous thing.
+_QUERY_CHARS = frozenset(map(chr, range(0x21, 0x7F))) - {"#"}
+_ABSOLUTE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*(?P<rest>[/?].*)?", re.DOTALL)
+
+
+def split_target(raw_target: str) -> tuple[str, str | None]:
+    """Split an origin-form or absolute-form target into raw path and raw query.
+
+    The authority of an absolute-form target is dropped: it never chooses a destination.
+    """
+    if not raw_target.startswith("/"):
+        match = _ABSOLUTE.fullmatch(raw_target)
+        if match is None:
+            raise BadRequest("The request target must be a path such as /v1/messages.")
+        raw_target = match.group("rest") or "/"
+        if raw_target.startswith("?"):
+            raw_target = "/" + raw_target
+    path, sep, query = raw_target.partition("?")
+    if sep and not _QUERY_CHARS.issuperset(query):
+        raise BadRequest("The query string holds characters that must be percent-encoded.")
+    return path, query if sep else None
+
+
+_UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
+_PATH_CHARS = _UNRESERVED | frozenset("!$&'()*+,;=:@/%")
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# Escaped, these would let one path mean two things: a separator to one server, data to another.
+_REFUSED_BYTES = frozenset({*range(0x20), 0x7F, ord("/"), ord("\\")})
+
+
+def _normalise_escape(match: re.Match[str]) -> str:
+    byte = int(match.group(1), 16)
+    if byte in _REFUSED_BYTES:
+        raise BadRequest("The path holds an escaped slash, backslash or control character.")
+    char = chr(byte)
+    return char if char in _UNRESERVED else "%" + match.group(1).upper()
+
+
+def normalise_path(raw_path: str) -> str:
+    """The canonical form of a raw (still percent-encoded) path, or :class:`BadRequest`."""
+    if not raw_path.startswith("/") or not _PATH_CHARS.issuperset(raw_path):
+        raise BadRequest("The path holds characters that must be percent-encoded.")
+    if "%" in raw_path:
+        if _BAD_ESCAPE.search(raw_path):
+            raise BadRequest("The path holds a malformed percent-escape.")
+        path = _ESCAPE.sub(_normalise_escape, raw_path)
+        try:
+            unquote_to_bytes(path).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("The path is not UTF-8 once percent-decoded.") from None
+    else:
+        path = raw_path
+    segments: list[str] = []
+    for segment in path.split("/")[1:]:
+        if segment == "..":
+            if not segments:
+                raise BadRequest("The path climbs above the root with '..'.")
+            segments.pop()
+        elif segment not in ("", "."):
+            segments.append(segment)
+    trailing = "/" if segments and path.rsplit("/", 1)[1] in ("", ".", "..") else ""
+    return "/" + "/".join(segments) + trailing
+
+
+_DOT_OR_EMPTY = frozenset({"", ".", ".."})
+
+
+def _matching_key(path: str) -> str:
+    """The normalised ``path`` as the most lenient server would route it (module docstring)."""
+    key = unquote(path).lower()  # normalise_path has checked that it decodes as UTF-8
+    if ";" not in key:
+        return key
+    segments = []
+    for segment in key.split("/"):
+        name, semicolon, _ = segment.partition(";")
+        # Tomcat reads "/..;/" as "/../": a parameter on a dot or empty segment is refused.
+        if semicolon and name in _DOT_OR_EMPTY:
+            raise BadRequest("The path holds a ';' parameter on an empty or dot segment.")
+        segments.append(name)
+    return "/".join(segments)

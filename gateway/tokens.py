@@ -1,0 +1,363 @@
+"""The token pool: the Webapp bearer tokens the gateway holds, and the logins that obtain them.
+
+- Tokens live in a cachetools ``TLRUCache`` keyed by :class:`Account` (Webapp URL and user), each
+  evicted at its own expiry, so an expired token is never handed out.
+- Each token carries a generation. :meth:`TokenPool.invalidate` drops a rejected token only while
+  it is still the pooled one, so any number of 401s for one token cause one login, and a late 401
+  for an old token never throws away a new one.
+- At most one login per account is in flight. It runs in a task the pool owns; callers wait on it
+  through ``asyncio.shield``, so a caller that hangs up cannot cancel it.
+- A background task refreshes each token before it expires (``refresh_before`` of its lifetime,
+  minus jitter) while the old one keeps serving, and retries failed logins with capped exponential
+  backoff and jitter. A request that finds its token due for refresh starts the refresh itself
+  without waiting for it, covering a missed background slot.
+- Lifetimes are measured from the moment the login was sent, against the Webapp's own clock
+  (see :func:`gateway.webapp.parse_login`), on the monotonic clock.
+- While logins fail and no token is held, callers get a fast :class:`TokenUnavailable` (503) with
+  ``Retry-After`` and the cause; they never trigger a login of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
+
+import structlog
+from cachetools import TLRUCache
+
+from .config import TokenConfig
+from .errors import TokenUnavailable
+from .metrics import Metrics
+from .secret import Secret
+
+log = structlog.get_logger("gateway.tokens")
+
+
+class Clock(Protocol):
+    """Where the pool reads the time: a monotonic clock for intervals, a wall clock for dates."""
+
+    def monotonic(self) -> float: ...
+
+    def time(self) -> float: ...
+
+
+class SystemClock:
+    """The real clocks."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def time(self) -> float:
+        return time.time()
+
+
+class Account(NamedTuple):
+    """Whose tokens: one Webapp user at one Webapp."""
+
+    url: str
+    username: str
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What a login yields: the token, and how long it lives from when the login was sent."""
+
+    token: Secret
+    lifetime: float
+
+
+class LoginFailed(Exception):
+    """A login that produced no token; ``kind`` names the cause for metrics, logs and callers."""
+
+    kind = "error"
+    advice = "See the gateway's log."
+
+    def __init__(self, details: str) -> None:
+        super().__init__(details)
+        self.details = details
+
+
+class BadCredentials(LoginFailed):
+    """The Webapp refused the username or password (401 at login)."""
+
+    kind = "bad_credentials"
+    advice = "Check WA_USERNAME and WA_PASSWORD (or WA_PASSWORD_FILE)."
+
+
+class PasswordChangeRequired(LoginFailed):
+    """The Webapp wants the password changed before it issues a token."""
+
+    kind = "password_change_required"
+    advice = "Set a new password for the Webapp user, then configure it in the gateway."
+
+
+class WebappUnavailable(LoginFailed):
+    """The Webapp could not be reached, timed out, or answered 5xx or 429."""
+
+    kind = "webapp_unavailable"
+    advice = "The gateway keeps retrying; check that the Webapp is up and reachable."
+
+
+class InvalidLoginAnswer(LoginFailed):
+    """The Webapp answered the login, but not with a usable token."""
+
+    kind = "invalid_answer"
+    advice = "The gateway keeps retrying; check the Webapp's version and clock."
+
+
+LoginFn = Callable[[Account], Awaitable[Grant]]
+
+
+@dataclass(frozen=True)
+class Token:
+    """A pooled token. Times are on the pool's monotonic clock."""
+
+    value: Secret
+    generation: int
+    expires_at: float
+    refresh_at: float
+
+    @property
+    def fingerprint(self) -> str:
+        """A short name for the token, fit for logs."""
+        return self.value.fingerprint()
+
+
+def refresh_time(sent_at: float, lifetime: float, config: TokenConfig, rng: random.Random) -> float:
+    """When to replace a token: ``refresh_before`` of its lifetime early, and up to
+    ``refresh_jitter`` more, so that gateways started together do not log in together."""
+    early = config.refresh_before + config.refresh_jitter * rng.random()
+    return sent_at + lifetime * (1 - early)
+
+
+def backoff_delay(failures: int, config: TokenConfig, rng: random.Random) -> float:
+    """Seconds to wait after the ``failures``-th consecutive failed login (equal jitter)."""
+    ceiling = min(config.backoff_max, config.backoff_initial * 2.0 ** min(failures - 1, 32))
+    return ceiling / 2 + rng.random() * ceiling / 2
+
+
+@dataclass(eq=False)
+class _Slot:
+    """The pool's state for one account, besides the token itself."""
+
+    account: Account
+    generation: int = 0
+    login: asyncio.Task[Token | LoginFailed] | None = None
+    failures: int = 0
+    last_failure: LoginFailed | None = None
+    retry_at: float = 0.0
+    logged_in: bool = False
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """Whether the pool can serve an account now, and why not."""
+
+    ready: bool
+    reason: str
+
+
+@dataclass(eq=False)
+class TokenPool:
+    """Tokens for any number of accounts, obtained with ``login`` and kept fresh."""
+
+    login_fn: LoginFn
+    config: TokenConfig
+    metrics: Metrics
+    clock: Clock = field(default_factory=SystemClock)
+    rng: random.Random = field(default_factory=random.Random)
+    maxsize: int = 64
+
+    def __post_init__(self) -> None:
+        self._tokens: TLRUCache[Account, Token] = TLRUCache(
+            maxsize=self.maxsize,
+            ttu=lambda _key, token, _now: token.expires_at,
+            timer=self.clock.monotonic,
+        )
+        self._slots: dict[Account, _Slot] = {}
+        self._wake = asyncio.Event()
+        self._refresher: asyncio.Task[None] | None = None
+
+    # --- the request path ------------------------------------------------------------------------
+
+    async def token(self, account: Account) -> Token:
+        """A valid token for ``account``, logging in first if the pool holds none.
+
+        Raises :class:`TokenUnavailable` while logins fail.
+        """
+        slot = self._slot(account)
+        now = self.clock.monotonic()
+        token = self._tokens.get(account)
+        if token is not None:
+            if now >= token.refresh_at and now >= slot.retry_at:
+                self._start_login(slot, "refresh")
+            return token
+        if slot.last_failure is not None and now < slot.retry_at:
+            raise self._unavailable(slot, now)
+        outcome = await asyncio.shield(self._start_login(slot, "missing"))
+        if isinstance(outcome, LoginFailed):
+            raise self._unavailable(slot, self.clock.monotonic())
+        return outcome
+
+    def invalidate(self, account: Account, rejected: Token) -> bool:
+        """Forget ``rejected`` if it is still the pooled token; True if it was."""
+        current = self._tokens.get(account)
+        if current is None or current.generation != rejected.generation:
+            return False
+        del self._tokens[account]
+        log.info(
+            "token.invalidated", fingerprint=rejected.fingerprint, generation=rejected.generation
+        )
+        self._wake.set()
+        return True
+
+    # --- state for readiness and metrics ---------------------------------------------------------
+
+    def readiness(self, account: Account) -> Readiness:
+        """Ready while a valid token is held or the last login succeeded."""
+        slot = self._slot(account)
+        if account in self._tokens:
+            return Readiness(True, "holding a valid token")
+        if slot.last_failure is not None:
+            failure = slot.last_failure
+            return Readiness(False, f"login failed ({failure.kind}): {failure.details}")
+        if slot.logged_in:
+            return Readiness(True, "last login succeeded")
+        return Readiness(False, "no token yet: the first login is under way")
+
+    def seconds_left(self, account: Account) -> float:
+        """Seconds until the pooled token of ``account`` expires; 0 without one."""
+        token = self._tokens.get(account)
+        return 0.0 if token is None else max(0.0, token.expires_at - self.clock.monotonic())
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def start(self, accounts: list[Account]) -> None:
+        """Log in for ``accounts`` now and keep their tokens fresh in the background."""
+        for account in accounts:
+            self._slot(account)
+        self._refresher = asyncio.get_running_loop().create_task(self._refresh_forever())
+
+    async def close(self) -> None:
+        """Stop the background task and any login in flight."""
+        tasks = [self._refresher, *(slot.login for slot in self._slots.values())]
+        for task in tasks:
+            if task is not None:
+                task.cancel()
+        for task in tasks:
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    # --- internals -------------------------------------------------------------------------------
+
+    def _slot(self, account: Account) -> _Slot:
+        slot = self._slots.get(account)
+        if slot is None:
+            slot = self._slots[account] = _Slot(account)
+        return slot
+
+    def _unavailable(self, slot: _Slot, now: float) -> TokenUnavailable:
+        failure = slot.last_failure
+        cause = "the login failed" if failure is None else f"{failure.details} {failure.advice}"
+        retry_after = max(1.0, slot.retry_at - now)
+        return TokenUnavailable(
+            f"The gateway holds no token for the Webapp: {cause} "
+            f"Next attempt in {math.ceil(retry_after)} s.",
+            retry_after=retry_after,
+        )
+
+    def _start_login(self, slot: _Slot, reason: str) -> asyncio.Task[Token | LoginFailed]:
+        if slot.login is None:
+            slot.login = asyncio.get_running_loop().create_task(self._login(slot, reason))
+        return slot.login
+
+    async def _login(self, slot: _Slot, reason: str) -> Token | LoginFailed:
+        sent_at = self.clock.monotonic()
+        try:
+            async with asyncio.timeout(self.config.login_timeout):
+                grant = await self.login_fn(slot.account)
+        except LoginFailed as exc:
+            return self._failed(slot, exc, sent_at)
+        except TimeoutError:
+            failure = WebappUnavailable(
+                f"The login took longer than {self.config.login_timeout} s."
+            )
+            return self._failed(slot, failure, sent_at)
+        except Exception as exc:  # a bug must not leave the pool without a retry schedule
+            log.exception("token.login_crashed")
+            return self._failed(
+                slot, LoginFailed(f"The login crashed: {type(exc).__name__}."), sent_at
+            )
+        finally:
+            slot.login = None
+            self._wake.set()
+        slot.generation += 1
+        token = Token(
+            value=grant.token,
+            generation=slot.generation,
+            expires_at=sent_at + grant.lifetime,
+            refresh_at=refresh_time(sent_at, grant.lifetime, self.config, self.rng),
+        )
+        self._tokens[slot.account] = token
+        slot.failures, slot.last_failure, slot.retry_at, slot.logged_in = 0, None, 0.0, True
+        self.metrics.logins.labels("ok").inc()
+        if reason == "refresh":
+            self.metrics.refreshes.inc()
+        log.info(
+            "token.refresh" if reason == "refresh" else "token.login",
+            reason=reason,
+            fingerprint=token.fingerprint,
+            generation=token.generation,
+            lifetime_s=round(grant.lifetime, 1),
+            duration_ms=round((self.clock.monotonic() - sent_at) * 1000, 1),
+        )
+        return token
+
+    def _failed(self, slot: _Slot, failure: LoginFailed, sent_at: float) -> LoginFailed:
+        slot.failures += 1
+        slot.last_failure = failure
+        delay = backoff_delay(slot.failures, self.config, self.rng)
+        slot.retry_at = self.clock.monotonic() + delay
+        self.metrics.logins.labels(failure.kind).inc()
+        log.warning(
+            "token.login_failed",
+            kind=failure.kind,
+            details=failure.details,
+            attempt=slot.failures,
+            retry_in_s=round(delay, 1),
+            duration_ms=round((self.clock.monotonic() - sent_at) * 1000, 1),
+        )
+        return failure
+
+    def _due(self, slot: _Slot, now: float) -> tuple[float, str]:
+        """When the background task should next log in for ``slot``, and why."""
+        if slot.login is not None:
+            return math.inf, ""
+        token = self._tokens.get(slot.account)
+        if token is None:
+            return slot.retry_at, "missing"
+        return max(token.refresh_at, slot.retry_at), "refresh"
+
+    def _schedule(self, now: float) -> Iterator[float]:
+        for slot in list(self._slots.values()):
+            due, reason = self._due(slot, now)
+            if due <= now:
+                self._start_login(slot, reason)
+            else:
+                yield due
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            self._wake.clear()
+            now = self.clock.monotonic()
+            next_due = min(self._schedule(now), default=math.inf)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(next_due - now, 3600.0)):
+                    await self._wake.wait()

@@ -1,0 +1,257 @@
+"""Everything that talks to the Webapp: the one client session, the login, and sending requests.
+
+This module owns the ``aiohttp.ClientSession`` (one keep-alive connection pool) and is the one place
+where client exceptions become gateway errors. :func:`parse_login` reads a login answer without I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import cast
+
+import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
+
+from .config import Config
+from .errors import GatewayError, WebappTimeout, WebappUnreachable
+from .secret import Secret
+from .tokens import (
+    Account,
+    BadCredentials,
+    Clock,
+    Grant,
+    InvalidLoginAnswer,
+    PasswordChangeRequired,
+    SystemClock,
+    WebappUnavailable,
+)
+
+LOGIN_PATH = "/v1/users/login"
+PASSWORD_CHANGE_REQUIRED = 1024
+# A login answer is a few hundred bytes; anything much larger is not one.
+MAX_LOGIN_ANSWER = 64 * 1024
+# The Date header has whole seconds: the Webapp's clock may be up to this much later than it says.
+DATE_RESOLUTION = 1.0
+
+
+def parse_login(status: int, date: str | None, body: bytes, local_now: float) -> Grant:
+    """Read a login answer; raise the :class:`~gateway.tokens.LoginFailed` that names the cause.
+
+    The token's lifetime is ``expires_after`` minus the Webapp's ``Date`` when the answer has one,
+    so a skewed local clock cannot make the gateway hold an expired token; without ``Date`` it is
+    measured against ``local_now``. ``expires_after`` is read in both known formats
+    (``2021-09-14 15:29:26+00:00`` and ``2018-03-01T15:29:26.000Z``); one without a zone is UTC.
+    """
+    document = _json_object(body)
+    code = _error_code(document)
+    if code == PASSWORD_CHANGE_REQUIRED:
+        raise PasswordChangeRequired(
+            f"The Webapp requires a new password before it issues tokens ({status}, code {code})."
+        )
+    if status == 401:
+        raise BadCredentials(f"The Webapp refused the gateway's credentials ({status}).")
+    if status == 429 or status >= 500:
+        raise WebappUnavailable(f"The Webapp answered the login with {status}.")
+    if not 200 <= status < 300:
+        raise InvalidLoginAnswer(f"The Webapp answered the login with {status} (code {code}).")
+    token, expires_after = _token_fields(document)
+    expires_at = _parse_expiry(expires_after)
+    server_now = _parse_http_date(date)
+    if server_now is None:
+        lifetime = expires_at - local_now
+    else:
+        lifetime = expires_at - server_now - DATE_RESOLUTION
+    if lifetime <= 0:
+        raise InvalidLoginAnswer(
+            f"The Webapp issued a token that had already expired (expires_after {expires_after!r})."
+        )
+    return Grant(Secret(token), lifetime)
+
+
+def _json_object(body: bytes) -> dict[str, object] | None:
+    try:
+        document = json.loads(body)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
+        return None
+    return cast(dict[str, object], document) if isinstance(document, dict) else None
+
+
+def _error_code(document: dict[str, object] | None) -> int | None:
+    errors = document.get("errors") if document else None
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+        code = errors[0].get("code")
+        return code if isinstance(code, int) else None
+    return None
+
+
+def _token_fields(document: dict[str, object] | None) -> tuple[str, str]:
+    if document is None:
+        raise InvalidLoginAnswer("The Webapp answered the login with something other than JSON.")
+    users = document.get("users")
+    user = users[0] if isinstance(users, list) and users else None
+    if not isinstance(user, dict):
+        raise InvalidLoginAnswer("The Webapp's login answer has no users[0].")
+    token, expires_after = user.get("token"), user.get("expires_after")
+    if not isinstance(token, str) or not token:
+        raise InvalidLoginAnswer("The Webapp's login answer has no token.")
+    if not isinstance(expires_after, str):
+        raise InvalidLoginAnswer("The Webapp's login answer has no expires_after.")
+    return token, expires_after
+
+
+def _parse_expiry(text: str) -> float:
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidLoginAnswer(
+            f"The Webapp's expires_after {text[:40]!r} is not a date the gateway knows."
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _parse_http_date(date: str | None) -> float | None:
+    if not date:
+        return None
+    try:
+        return parsedate_to_datetime(date).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+def ssl_context(config: Config) -> ssl.SSLContext | bool:
+    """How the Webapp's certificate is checked: the CA file if given, system CAs otherwise."""
+    webapp = config.webapp
+    if not webapp.tls_verify:
+        return False
+    if webapp.ca_file is None:
+        return True
+    return ssl.create_default_context(cafile=str(webapp.ca_file))
+
+
+def translate(exc: BaseException) -> GatewayError:
+    """The gateway error, with its ``kind`` for metrics and logs, for a failed exchange."""
+    if isinstance(exc, TimeoutError):  # aiohttp's timeouts are TimeoutErrors too
+        return WebappTimeout("The Webapp did not answer in time.", kind="timeout")
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return WebappUnreachable(
+            "The Webapp's TLS certificate was not accepted: set WA_CA_FILE to its CA.", kind="tls"
+        )
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return WebappUnreachable("The gateway cannot connect to the Webapp.", kind="connect")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return WebappUnreachable(
+            "The Webapp sent an invalid HTTP response.", kind="invalid_response"
+        )
+    return WebappUnreachable(
+        "The Webapp closed the connection before answering.", kind="disconnected"
+    )
+
+
+class Webapp:
+    """The Webapp at one URL, reached through one connection pool."""
+
+    def __init__(self, config: Config, clock: Clock | None = None) -> None:
+        self.config = config
+        self.account = Account(str(config.webapp.url), config.webapp.username)
+        self._base = str(config.webapp.url)
+        self._clock = clock or SystemClock()
+        self._session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        """Create the connection pool (inside the running loop)."""
+        server = self.config.server
+        connector = aiohttp.TCPConnector(
+            limit=server.upstream_connections,
+            ssl=ssl_context(self.config),
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                connect=server.upstream_timeout,  # includes waiting for a free pooled connection
+                sock_connect=server.connect_timeout,
+                sock_read=server.upstream_timeout,
+            ),
+            auto_decompress=False,  # bytes pass through exactly as the Webapp sent them
+            cookie_jar=aiohttp.DummyCookieJar(),  # one client's cookies must not reach another
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            trust_env=False,
+        )
+
+    async def close(self) -> None:
+        """Close every pooled connection."""
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The session; only valid between :meth:`open` and :meth:`close`."""
+        if self._session is None:
+            raise RuntimeError("Webapp.open() was not called")
+        return self._session
+
+    async def send(
+        self,
+        method: str,
+        path_qs: str,
+        headers: CIMultiDict[str],
+        body: bytes | AsyncIterator[bytes] | None,
+    ) -> aiohttp.ClientResponse:
+        """Send one request; the caller owns (and must release) the response.
+
+        Raises :class:`~gateway.errors.GatewayError` with ``kind`` set when no response came.
+        """
+        url = URL(self._base + path_qs, encoded=True)
+        try:
+            return await self.session.request(
+                method, url, headers=headers, data=body, allow_redirects=False
+            )
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise translate(exc) from exc
+
+    async def login(self, account: Account) -> Grant:
+        """Log in as ``account`` with Basic auth; raise :class:`LoginFailed` naming the cause."""
+        password = await self._password()
+        headers = {
+            "Authorization": aiohttp.encode_basic_auth(account.username, password.reveal()),
+            "Accept": "application/json",
+        }
+        local_now = self._clock.time()
+        try:
+            async with self.session.post(self._base + LOGIN_PATH, headers=headers) as response:
+                body = await _read_capped(response.content, MAX_LOGIN_ANSWER)
+                return parse_login(response.status, response.headers.get("Date"), body, local_now)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise WebappUnavailable(f"Login: {translate(exc).details}") from exc
+
+    async def _password(self) -> Secret:
+        # Read at every login, so that a password fixed in the file is used by the next retry.
+        webapp = self.config.webapp
+        if webapp.password_file is None:
+            if webapp.password is None:  # load_config never lets this happen
+                raise BadCredentials("No password is configured.")
+            return webapp.password
+        try:
+            text = await asyncio.to_thread(webapp.password_file.read_text, encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BadCredentials(
+                f"The password file cannot be read ({type(exc).__name__})."
+            ) from None
+        return Secret(text.rstrip("\r\n"))
+
+
+async def _read_capped(content: aiohttp.StreamReader, limit: int) -> bytes:
+    data = bytearray()
+    while chunk := await content.read(limit + 1 - len(data)):
+        data += chunk
+        if len(data) > limit:
+            raise InvalidLoginAnswer(f"The Webapp's login answer is larger than {limit} bytes.")
+    return bytes(data)

@@ -1,0 +1,121 @@
+"""Shared fixtures: a simulated Webapp and a gateway in front of it, on real 127.0.0.1 sockets."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.app import GATEWAY, Gateway, create_app
+from gateway.config import Config, load_config
+from gateway.log import configure_logging
+from gateway.simulator import Simulator
+
+PASSWORD = "Gateway-pass-1!"
+API_KEY = "test-api-key-0123456789"
+# Fast retries keep failure tests short; tests about backoff itself set their own.
+TEST_ENV = {
+    "WA_PASSWORD": PASSWORD,
+    "WA_API_KEY": API_KEY,
+    "GATEWAY_LOGIN_BACKOFF_INITIAL": "0.05",
+    "GATEWAY_LOGIN_BACKOFF_MAX": "0.2",
+    "GATEWAY_UPSTREAM_TIMEOUT": "5",
+    "GATEWAY_LOGIN_TIMEOUT": "5",
+}
+
+
+def gateway_config(webapp_url: str, **env: str | None) -> Config:
+    """A configuration for a gateway in front of ``webapp_url``; ``env`` overrides the defaults
+    (None removes a setting)."""
+    merged = {**TEST_ENV, "WA_WEBAPP_URL": webapp_url, **env}
+    return load_config(None, {key: value for key, value in merged.items() if value is not None})
+
+
+class Logs:
+    """Everything the gateway logged during a test, as text and as parsed JSON events."""
+
+    def __init__(self) -> None:
+        self.stream = io.StringIO()
+
+    @property
+    def text(self) -> str:
+        return self.stream.getvalue()
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.text.splitlines() if line.strip()]
+
+    def named(self, event: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("event") == event]
+
+
+@pytest.fixture
+def logs() -> Logs:
+    captured = Logs()
+    configure_logging("debug", captured.stream, cache=False)
+    return captured
+
+
+@dataclass
+class Rig:
+    """A simulated Webapp, the gateway in front of it, and what the gateway logged."""
+
+    sim: Simulator
+    webapp: TestServer
+    client: TestClient[web.Request, web.Application]
+    config: Config
+    logs: Logs
+
+    @property
+    def gateway(self) -> Gateway:
+        return self.client.app[GATEWAY]  # type: ignore[index]
+
+    @property
+    def url(self) -> str:
+        return str(self.client.make_url("")).rstrip("/")
+
+    @property
+    def secrets(self) -> list[str]:
+        """Every secret this rig used: none may appear in logs or answers."""
+        return [PASSWORD, API_KEY, *self.sim.issued_tokens]
+
+
+MakeRig = Callable[..., Awaitable[Rig]]
+
+
+@pytest.fixture
+def make_rig(aiohttp_server: Any, aiohttp_client: Any, logs: Logs) -> MakeRig:
+    """Start a simulator (``sim``, or one built from ``sim_options``) and a gateway before it."""
+
+    async def make(
+        *,
+        sim: Simulator | None = None,
+        env: dict[str, str | None] | None = None,
+        **sim_options: Any,
+    ) -> Rig:
+        if sim is None:
+            options = {
+                "password": PASSWORD,
+                "password_change_required": False,
+                "api_key": API_KEY,
+                **sim_options,
+            }
+            sim = Simulator(**options)
+        webapp = await aiohttp_server(sim.make_app())
+        config = gateway_config(str(webapp.make_url("")), **(env or {}))
+        client = await aiohttp_client(create_app(config))
+        return Rig(sim, webapp, client, config, logs)
+
+    return make
+
+
+@pytest.fixture
+async def rig(make_rig: MakeRig) -> Rig:
+    """The everyday rig: a healthy Webapp with an API key, the gateway logged in."""
+    return await make_rig()

@@ -1,0 +1,332 @@
+"""The token pool on its own: a scripted login function and a fake clock, no sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import pytest
+
+from gateway.config import TokenConfig
+from gateway.errors import TokenUnavailable
+from gateway.metrics import Metrics
+from gateway.secret import Secret
+from gateway.tokens import (
+    Account,
+    BadCredentials,
+    Grant,
+    PasswordChangeRequired,
+    Readiness,
+    SystemClock,
+    TokenPool,
+    WebappUnavailable,
+    backoff_delay,
+    refresh_time,
+)
+
+ACCOUNT = Account("https://webapp:443", "admin")
+WEEK = 7 * 24 * 3600.0
+CONFIG = TokenConfig(
+    login_timeout=5.0,
+    refresh_before=0.1,
+    refresh_jitter=0.05,
+    backoff_initial=1.0,
+    backoff_max=30.0,
+)
+
+
+class FakeClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return 1_800_000_000.0 + self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Logins:
+    """A login function whose outcomes are scripted and whose calls are counted."""
+
+    def __init__(self, lifetime: float = WEEK) -> None:
+        self.calls = 0
+        self.lifetime = lifetime
+        self.failures: list[Exception] = []
+        self.gate: asyncio.Event | None = None
+
+    async def __call__(self, account: Account) -> Grant:
+        self.calls += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.failures:
+            raise self.failures.pop(0)
+        return Grant(Secret(f"token-{self.calls}"), self.lifetime)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def logins() -> Logins:
+    return Logins()
+
+
+@pytest.fixture
+async def pool(logins: Logins, clock: FakeClock) -> AsyncIterator[TokenPool]:
+    pool = TokenPool(logins, CONFIG, Metrics(), clock, random.Random(7))
+    yield pool
+    await pool.close()
+
+
+async def settle() -> None:
+    """Let tasks the pool started run to their next wait."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_a_thousand_concurrent_callers_on_a_cold_pool_cause_one_login(
+    pool: TokenPool, logins: Logins
+) -> None:
+    logins.gate = asyncio.Event()
+    callers = [asyncio.ensure_future(pool.token(ACCOUNT)) for _ in range(1000)]
+    await settle()
+    logins.gate.set()
+    tokens = await asyncio.gather(*callers)
+    assert logins.calls == 1
+    assert {t.value.reveal() for t in tokens} == {"token-1"}
+    assert {t.generation for t in tokens} == {1}
+
+
+async def test_a_caller_that_hangs_up_does_not_cancel_the_login(
+    pool: TokenPool, logins: Logins
+) -> None:
+    logins.gate = asyncio.Event()
+    impatient = asyncio.ensure_future(pool.token(ACCOUNT))
+    await settle()
+    impatient.cancel()
+    await settle()
+    logins.gate.set()
+    token = await pool.token(ACCOUNT)
+    assert impatient.cancelled()
+    assert token.value.reveal() == "token-1"
+    assert logins.calls == 1
+
+
+async def test_invalidating_the_pooled_token_makes_the_next_caller_log_in(
+    pool: TokenPool, logins: Logins
+) -> None:
+    first = await pool.token(ACCOUNT)
+    assert pool.invalidate(ACCOUNT, first) is True
+    second = await pool.token(ACCOUNT)
+    assert (second.generation, second.value.reveal()) == (2, "token-2")
+    assert logins.calls == 2
+
+
+async def test_a_late_rejection_of_an_old_token_keeps_the_new_one(
+    pool: TokenPool, logins: Logins
+) -> None:
+    old = await pool.token(ACCOUNT)
+    pool.invalidate(ACCOUNT, old)
+    new = await pool.token(ACCOUNT)
+    assert pool.invalidate(ACCOUNT, old) is False
+    assert await pool.token(ACCOUNT) is new
+    assert logins.calls == 2
+
+
+async def test_two_hundred_rejections_of_one_token_cause_one_login(
+    pool: TokenPool, logins: Logins
+) -> None:
+    stale = await pool.token(ACCOUNT)
+    logins.gate = asyncio.Event()
+
+    async def rejected() -> int:
+        pool.invalidate(ACCOUNT, stale)
+        return (await pool.token(ACCOUNT)).generation
+
+    callers = [asyncio.ensure_future(rejected()) for _ in range(200)]
+    await settle()
+    logins.gate.set()
+    assert set(await asyncio.gather(*callers)) == {2}
+    assert logins.calls == 2
+
+
+async def test_a_token_due_for_refresh_keeps_serving_while_the_refresh_runs(
+    pool: TokenPool, logins: Logins, clock: FakeClock
+) -> None:
+    old = await pool.token(ACCOUNT)
+    clock.advance(old.refresh_at - clock.now)
+    logins.gate = asyncio.Event()
+    assert await pool.token(ACCOUNT) is old
+    assert await pool.token(ACCOUNT) is old
+    await settle()
+    assert logins.calls == 2  # one refresh, however many callers saw the token due
+    logins.gate.set()
+    await settle()
+    assert (await pool.token(ACCOUNT)).generation == 2
+    assert pool.metrics.refreshes._value.get() == 1
+
+
+async def test_an_expired_token_is_never_handed_out(
+    pool: TokenPool, logins: Logins, clock: FakeClock
+) -> None:
+    old = await pool.token(ACCOUNT)
+    clock.advance(old.expires_at - clock.now)
+    new = await pool.token(ACCOUNT)
+    assert new.generation == 2
+    assert logins.calls == 2
+
+
+async def test_the_lifetime_counts_from_when_the_login_was_sent(
+    logins: Logins, clock: FakeClock
+) -> None:
+    class SlowLogin(Logins):
+        async def __call__(self, account: Account) -> Grant:
+            clock.advance(30)  # the login took 30 s
+            return await super().__call__(account)
+
+    pool = TokenPool(SlowLogin(lifetime=100.0), CONFIG, Metrics(), clock, random.Random(1))
+    sent = clock.now
+    token = await pool.token(ACCOUNT)
+    assert token.expires_at == sent + 100.0
+    await pool.close()
+
+
+async def test_a_failed_login_gives_callers_a_fast_503_until_the_backoff_ends(
+    pool: TokenPool, logins: Logins, clock: FakeClock
+) -> None:
+    logins.failures = [BadCredentials("The Webapp refused the gateway's credentials (401).")]
+    with pytest.raises(TokenUnavailable) as first:
+        await pool.token(ACCOUNT)
+    for _ in range(50):
+        with pytest.raises(TokenUnavailable) as fast:
+            await pool.token(ACCOUNT)
+    assert logins.calls == 1  # no caller triggers a login while the pool backs off
+    assert first.value.status == 503
+    assert "refused the gateway's credentials" in fast.value.details
+    assert "WA_PASSWORD" in fast.value.details
+    assert 1 <= int(fast.value.headers()["Retry-After"]) <= 1  # first backoff is 0.5 to 1 s
+    clock.advance(1.0)
+    assert (await pool.token(ACCOUNT)).generation == 1
+    assert logins.calls == 2
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        BadCredentials("refused (401)"),
+        PasswordChangeRequired("needs a new password (code 1024)"),
+        WebappUnavailable("answered 503"),
+    ],
+    ids=lambda f: f.kind,
+)
+async def test_each_kind_of_login_failure_is_counted_and_named(
+    pool: TokenPool, logins: Logins, failure: Exception
+) -> None:
+    logins.failures = [failure]
+    with pytest.raises(TokenUnavailable) as raised:
+        await pool.token(ACCOUNT)
+    assert str(failure) in raised.value.details
+    kind = failure.kind  # type: ignore[attr-defined]
+    assert pool.metrics.logins.labels(kind)._value.get() == 1
+    readiness = pool.readiness(ACCOUNT)
+    assert not readiness.ready
+    assert kind in readiness.reason
+
+
+async def test_a_login_that_hangs_past_the_timeout_fails_as_unavailable(
+    logins: Logins, clock: FakeClock
+) -> None:
+    logins.gate = asyncio.Event()  # never set
+    pool = TokenPool(logins, replace(CONFIG, login_timeout=0.05), Metrics(), clock)
+    with pytest.raises(TokenUnavailable) as raised:
+        await pool.token(ACCOUNT)
+    assert "longer than 0.05 s" in raised.value.details
+    assert pool.metrics.logins.labels("webapp_unavailable")._value.get() == 1
+    await pool.close()
+
+
+async def test_a_crashing_login_function_still_leaves_a_retry_schedule(
+    pool: TokenPool, logins: Logins, clock: FakeClock
+) -> None:
+    logins.failures = [ZeroDivisionError("bug")]
+    with pytest.raises(TokenUnavailable):
+        await pool.token(ACCOUNT)
+    clock.advance(CONFIG.backoff_initial)
+    assert (await pool.token(ACCOUNT)).generation == 1
+
+
+def test_backoff_doubles_from_the_initial_delay_up_to_the_cap_with_jitter() -> None:
+    rng = random.Random(3)
+    for failures in range(1, 12):
+        ceiling = min(30.0, 2.0 ** (failures - 1))
+        delays = [backoff_delay(failures, CONFIG, rng) for _ in range(200)]
+        assert all(ceiling / 2 <= d <= ceiling for d in delays)
+        assert max(delays) - min(delays) > ceiling / 4  # jittered, not fixed
+    assert backoff_delay(10_000, CONFIG, rng) <= 30.0
+
+
+def test_refresh_falls_between_the_margin_and_the_margin_plus_jitter() -> None:
+    rng = random.Random(5)
+    times = [refresh_time(0.0, WEEK, CONFIG, rng) for _ in range(500)]
+    assert all(WEEK * 0.85 <= t <= WEEK * 0.9 for t in times)
+    assert len(set(times)) > 400
+
+
+async def test_readiness_follows_the_pool(pool: TokenPool, logins: Logins) -> None:
+    assert pool.readiness(ACCOUNT) == Readiness(False, "no token yet: the first login is under way")
+    token = await pool.token(ACCOUNT)
+    assert pool.readiness(ACCOUNT).ready
+    pool.invalidate(ACCOUNT, token)
+    assert pool.readiness(ACCOUNT).reason == "last login succeeded"
+
+
+async def test_the_background_task_logs_in_at_start_and_refreshes_before_expiry() -> None:
+    logins = Logins(lifetime=0.4)
+    pool = TokenPool(logins, CONFIG, Metrics(), SystemClock())
+    pool.start([ACCOUNT])
+    try:
+        async with asyncio.timeout(5):
+            while logins.calls < 4:
+                await asyncio.sleep(0.02)
+        token = await pool.token(ACCOUNT)
+        # Nobody asked for a token until now, yet it was refreshed before each expiry.
+        assert token.generation >= 3
+        assert pool.metrics.refreshes._value.get() >= 2
+    finally:
+        await pool.close()
+    assert logins.calls == token.generation or logins.calls == token.generation + 1
+
+
+async def test_the_background_task_retries_failed_logins_without_any_caller() -> None:
+    logins = Logins()
+    logins.failures = [WebappUnavailable("down")] * 3
+    config = replace(CONFIG, backoff_initial=0.02, backoff_max=0.05)
+    pool = TokenPool(logins, config, Metrics(), SystemClock())
+    pool.start([ACCOUNT])
+    try:
+        async with asyncio.timeout(5):
+            while not pool.readiness(ACCOUNT).ready:
+                await asyncio.sleep(0.01)
+    finally:
+        await pool.close()
+    assert logins.calls == 4
+
+
+async def test_closing_the_pool_stops_a_login_in_flight(logins: Logins) -> None:
+    logins.gate = asyncio.Event()
+    pool = TokenPool(logins, CONFIG, Metrics(), SystemClock())
+    pool.start([ACCOUNT])
+    await settle()
+    assert logins.calls == 1
+    await pool.close()
+    assert all(task.done() for task in asyncio.all_tasks() if task is not asyncio.current_task())
