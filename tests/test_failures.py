@@ -1,0 +1,145 @@
+"""When no answer comes from the Webapp: 502, 504, broken downloads, and no double sends."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from gateway.simulator import Fault
+
+from .conftest import MakeRig, Rig
+
+MESSAGE = {"to": "16315551234", "type": "text", "text": {"body": "hi"}}
+
+
+async def error_of(response: aiohttp.ClientResponse) -> dict[str, object]:
+    document = await response.json()
+    assert response.headers["X-Request-ID"]
+    assert document["meta"]["version"].startswith("wa-gateway")
+    error: dict[str, object] = document["errors"][0]
+    return error
+
+
+async def warmed(make_rig: MakeRig, **env: str) -> Rig:
+    """A rig whose gateway already holds a token, so failures are about the request itself."""
+    rig = await make_rig(env=env)
+    async with rig.client.post("/v1/messages", json=MESSAGE) as response:
+        assert response.status == 201
+    rig.sim.seen.clear()
+    return rig
+
+
+async def test_an_unreachable_webapp_gives_502(make_rig: MakeRig) -> None:
+    rig = await warmed(make_rig)
+    await rig.webapp.close()
+    async with rig.client.post("/v1/messages", json=MESSAGE) as response:
+        assert response.status == 502
+        error = await error_of(response)
+    assert error["code"] == 1014
+    assert "connect" in str(error["details"])
+
+
+async def test_a_silent_webapp_gives_504_after_the_timeout(make_rig: MakeRig) -> None:
+    rig = await warmed(make_rig, GATEWAY_UPSTREAM_TIMEOUT="0.3")
+    rig.sim.faults = [Fault("stall", path="/v1/messages")]
+    async with rig.client.post("/v1/messages", json=MESSAGE) as response:
+        assert response.status == 504
+        assert (await error_of(response))["code"] == 1014
+    assert len(rig.sim.seen_on("/v1/messages")) == 1
+
+
+async def test_a_slow_but_talking_webapp_is_not_timed_out(make_rig: MakeRig) -> None:
+    """The timeout is for silence: a body that keeps trickling in is fine."""
+    rig = await warmed(make_rig, GATEWAY_UPSTREAM_TIMEOUT="0.5")
+    rig.sim.faults = [Fault("trickle", path="/v1/messages", delay=0.1)]
+    async with rig.client.post("/v1/messages", json=MESSAGE) as response:
+        assert response.status == 200
+        assert await response.read() == b'{"meta":1}'
+
+
+async def test_a_post_whose_connection_broke_after_sending_is_never_resent(
+    make_rig: MakeRig,
+) -> None:
+    rig = await warmed(make_rig)
+    rig.sim.faults = [Fault("reset_after", path="/v1/messages")]
+    async with rig.client.post("/v1/messages", json=MESSAGE) as response:
+        assert response.status == 502
+        assert "closed the connection" in str((await error_of(response))["details"])
+    (attempt,) = rig.sim.seen_on("/v1/messages")
+    assert attempt.body_size > 0  # it did reach the Webapp: a resend would message twice
+
+
+@pytest.mark.parametrize("fault", ["reset_before", "reset_after"])
+async def test_no_post_is_ever_sent_twice_after_a_connection_error(
+    make_rig: MakeRig, fault: str
+) -> None:
+    rig = await warmed(make_rig)
+    rig.sim.faults = [Fault(fault, path="/v1/messages", times=None)]
+    for _ in range(5):
+        async with rig.client.post("/v1/messages", json=MESSAGE) as response:
+            assert response.status == 502
+    assert len(rig.sim.seen_on("/v1/messages")) == 5
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+async def test_aiohttp_resends_an_idempotent_request_once_after_a_reset(
+    make_rig: MakeRig, method: str
+) -> None:
+    """aiohttp's client resends GET, HEAD, OPTIONS, PUT and DELETE once when the connection fails
+    before an answer (RFC 9110 allows it for idempotent methods); the gateway relies on that and
+    adds no resend of its own."""
+    rig = await warmed(make_rig)
+    rig.sim.faults = [Fault("reset_before", path="/v1/media/x", times=1)]
+    async with rig.client.request(method, "/v1/media/x", data=b"{}") as response:
+        assert response.status == 404  # the resend reached the Webapp, which knows no such media
+    assert len(rig.sim.seen_on("/v1/media/x")) == 2
+
+
+async def test_a_resend_after_a_second_reset_does_not_happen(make_rig: MakeRig) -> None:
+    rig = await warmed(make_rig)
+    rig.sim.faults = [Fault("reset_before", path="/v1/media/x", times=None)]
+    async with rig.client.get("/v1/media/x") as response:
+        assert response.status == 502
+    assert len(rig.sim.seen_on("/v1/media/x")) == 2
+
+
+async def test_a_download_cut_short_reaches_the_client_as_broken(rig: Rig) -> None:
+    rig.sim.faults = [Fault("cut_body", path="/v1/media/x")]
+    async with rig.client.get("/v1/media/x") as response:
+        assert response.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await response.read()
+    (done,) = [e for e in rig.logs.named("request.completed") if e["path"] == "/v1/media/x"]
+    assert done["failure"] == "upstream_cut"
+    assert done["bytes_out"] == 1000
+
+
+async def test_a_download_that_stalls_midway_reaches_the_client_as_broken(
+    make_rig: MakeRig,
+) -> None:
+    rig = await warmed(make_rig, GATEWAY_UPSTREAM_TIMEOUT="0.3")
+    rig.sim.faults = [Fault("trickle", path="/v1/media/x", delay=1.0)]
+    async with rig.client.get("/v1/media/x") as response:
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await response.read()
+    (done,) = [e for e in rig.logs.named("request.completed") if e["path"] == "/v1/media/x"]
+    assert done["failure"] == "upstream_timeout"
+
+
+async def test_the_gateway_keeps_serving_after_every_kind_of_failure(make_rig: MakeRig) -> None:
+    rig = await warmed(make_rig, GATEWAY_UPSTREAM_TIMEOUT="0.3")
+    rig.sim.faults = [
+        Fault(kind, path="/v1/messages")
+        for kind in ("reset_before", "reset_after", "cut_body", "stall", "status")
+    ]
+    statuses = []
+    for _ in range(5):
+        try:
+            async with rig.client.post("/v1/messages", json=MESSAGE) as response:
+                await response.read()
+                statuses.append(response.status)
+        except aiohttp.ClientPayloadError:
+            statuses.append(-1)
+    assert statuses == [502, 502, -1, 504, 500]
+    async with rig.client.post("/v1/messages", json=MESSAGE) as response:
+        assert response.status == 201
