@@ -84,6 +84,7 @@ async def _webapp_lifecycle(app: web.Application) -> AsyncIterator[None]:
 async def _proxy(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     target = decide(request.method, request.raw_path)
+    request[EXCHANGE].path = target.path
     if target.action is Action.LOGIN:
         return client_login(gateway.clock.time())
     if target.action is Action.LOGOUT:
@@ -151,7 +152,7 @@ def _observe(gateway: Gateway) -> Middleware:
             log.info(
                 "request.completed",
                 method=request.method,
-                path=request.raw_path.partition("?")[0][:MAX_LOGGED_PATH],
+                path=exchange.path or request.raw_path.partition("?")[0][:MAX_LOGGED_PATH],
                 status=status,
                 duration_ms=round(elapsed * 1000, 2),
                 upstream_ms=round(exchange.upstream_ms, 2),

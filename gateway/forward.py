@@ -39,6 +39,7 @@ class Exchange:
 
     request_id: str
     started: float
+    path: str | None = None  # the normalised path, once the policy has passed the request
     upstream_ms: float = 0.0
     retried: bool = False
     bytes_in: int = 0

@@ -35,6 +35,7 @@ GATEWAY_OWNED = frozenset(
         "content-length",
         "expect",
         "x-request-id",
+        "forwarded",  # RFC 7239: the gateway speaks X-Forwarded-* only, so a client's is a claim
         "x-forwarded-for",
         "x-forwarded-proto",
         "x-forwarded-host",

@@ -75,6 +75,7 @@ UPSTREAM_DROPPED = [
     ([("X-Request-ID", "client-id")], "request-id"),
     ([("X-Forwarded-Proto", "http"), ("X-Forwarded-Host", "evil")], "forwarded-proto-host"),
     ([("X-Forwarded-Port", "1"), ("X-Forwarded-Prefix", "/x")], "other-x-forwarded"),
+    ([("Forwarded", "for=1.2.3.4;proto=https")], "rfc7239-forwarded"),
 ]
 
 
