@@ -31,7 +31,7 @@ T = TypeVar("T")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _SIZE_UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
-_SIZE = re.compile(r"^\s*(\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"^\s*(\d{1,20})\s*([a-z]*)\s*$", re.IGNORECASE)
 _SIZE_HINT = "must be a size in bytes, optionally with KiB, MiB or GiB, e.g. 100MiB"
 # A password file is a few bytes; reading a bounded amount keeps /dev/zero from hanging the check.
 _MAX_PASSWORD_FILE = 4096
@@ -154,8 +154,11 @@ def _password(value: object) -> Secret:
     return Secret(password)
 
 
-def _password_file(value: object) -> Path:
-    path = Path(_nonempty(value))
+def read_password_file(path: Path) -> Secret:
+    """The password in ``path`` (one trailing newline ignored), or :class:`Invalid` saying why not.
+
+    Used to check the configuration and again at every login, so both apply the same rule.
+    """
     try:
         with path.open("rb") as file:
             data = file.read(_MAX_PASSWORD_FILE + 1)
@@ -164,12 +167,18 @@ def _password_file(value: object) -> Path:
     if len(data) > _MAX_PASSWORD_FILE:
         raise Invalid(f"is larger than {_MAX_PASSWORD_FILE} bytes, it cannot hold just a password")
     try:
-        password = data.decode("utf-8").rstrip("\r\n")  # the rule the Webapp login applies
+        password = data.decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError:
         raise Invalid("is not UTF-8 text") from None
     if not password.strip():
         raise Invalid("holds no password")
     _basic_auth_text(password)
+    return Secret(password)
+
+
+def _password_file(value: object) -> Path:
+    path = Path(_nonempty(value))
+    read_password_file(path)
     return path
 
 
@@ -184,12 +193,12 @@ def _api_key(value: object) -> Secret:
 
 
 def _url(value: object) -> URL:
+    text = _nonempty(value)
     try:
-        url = URL(_nonempty(value))
-        port = url.port  # yarl checks the port's range only when asked
+        url = URL(text)
     except ValueError:
         raise Invalid("is not a URL") from None
-    if url.scheme not in ("http", "https") or not url.host or port is None:
+    if url.scheme not in ("http", "https") or not url.host:
         raise Invalid("must be an http:// or https:// URL with a host, e.g. https://webapp:443")
     if url.user is not None or url.password is not None:
         raise Invalid("must not carry credentials: set WA_USERNAME and WA_PASSWORD instead")
@@ -229,15 +238,12 @@ def _bool(value: object) -> bool:
 
 
 def _number(value: object) -> float:
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise Invalid("must be a number")
-    if isinstance(value, int | float):
+    try:
         number = float(value)
-    else:
-        try:
-            number = float(_text(value))
-        except ValueError:
-            raise Invalid("must be a number") from None
+    except (ValueError, OverflowError):  # TOML integers have no size limit
+        raise Invalid("must be a number") from None
     if not math.isfinite(number):
         raise Invalid("must be a finite number")
     return number

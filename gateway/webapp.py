@@ -18,7 +18,7 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from .config import Config
+from .config import Config, Invalid, read_password_file
 from .errors import GatewayError, WebappTimeout, WebappUnreachable
 from .secret import Secret
 from .tokens import (
@@ -240,12 +240,9 @@ class Webapp:
                 raise BadCredentials("No password is configured.")
             return webapp.password
         try:
-            text = await asyncio.to_thread(webapp.password_file.read_text, encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise BadCredentials(
-                f"The password file cannot be read ({type(exc).__name__})."
-            ) from None
-        return Secret(text.rstrip("\r\n"))
+            return await asyncio.to_thread(read_password_file, webapp.password_file)
+        except Invalid as exc:
+            raise BadCredentials(f"The password file {exc}.") from None
 
 
 async def _read_capped(content: aiohttp.StreamReader, limit: int) -> bytes:

@@ -178,3 +178,20 @@ async def test_requests_while_the_webapp_is_unreachable_get_503_naming_the_cause
         assert response.status == 503
     async with rig.client.get("/_gateway/healthz") as response:
         assert response.status == 200
+
+
+async def test_a_password_file_broken_at_runtime_is_a_login_failure_not_a_crash(
+    make_rig: MakeRig, tmp_path: Path
+) -> None:
+    password_file = tmp_path / "password"
+    password_file.write_text(PASSWORD + "\n")
+    rig = await make_rig(env={"WA_PASSWORD": None, "WA_PASSWORD_FILE": str(password_file)})
+    async with rig.client.post("/v1/messages", json=MESSAGE) as response:
+        assert response.status == 201
+    password_file.write_text("Пароль-не-latin-1\n")
+    rig.sim.revoke_all()
+    async with rig.client.post("/v1/messages", json=MESSAGE) as response:
+        assert response.status == 503
+        assert "password file" in (await response.json())["errors"][0]["details"]
+    (failure,) = rig.logs.named("token.login_failed")
+    assert failure["kind"] == "bad_credentials"

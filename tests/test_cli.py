@@ -1,0 +1,232 @@
+"""The ``wa-gateway`` command as a user runs it: a real ``python -m gateway`` process.
+
+Each run gets an environment built here from nothing, a temporary working directory and a
+timeout, so that neither the developer's environment nor a hung server can change the verdict.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+from gateway import __version__
+
+REPO = Path(__file__).resolve().parent.parent
+PASSWORD = "Cli-Webapp-pass-1!"
+API_KEY = "cli-api-key-0123456789"
+URL_SECRET = "Url-secret-pw-3"
+SHORT_KEY = "Short-key-1"
+LATIN_1_MISFIT = "Pässwörd-€-1"
+# Nothing listens on the discard port, and nothing here ever connects to it but `serve`.
+BASE = {"WA_WEBAPP_URL": "http://127.0.0.1:9", "WA_PASSWORD": PASSWORD, "WA_API_KEY": API_KEY}
+SECRETS = (PASSWORD, API_KEY, URL_SECRET, SHORT_KEY, LATIN_1_MISFIT)
+TIMEOUT = 30.0
+
+
+def gateway(
+    *args: str, env: Mapping[str, str], cwd: Path, timeout: float = TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m gateway ARGS`` with exactly ``env`` (plus what Python needs to start)."""
+    return subprocess.run(  # noqa: S603 - our own interpreter and arguments
+        [sys.executable, "-m", "gateway", *args],
+        env={"PYTHONPATH": str(REPO), "PYTHONIOENCODING": "utf-8", **env},
+        cwd=cwd,
+        capture_output=True,
+        encoding="utf-8",
+        timeout=timeout,
+        check=False,
+    )
+
+
+def assert_no_leak(result: subprocess.CompletedProcess[str]) -> None:
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    for secret in SECRETS:
+        assert secret not in output
+
+
+def assert_config_errors(result: subprocess.CompletedProcess[str], *names: str) -> None:
+    """Exit 2, nothing on stdout, and one stderr line per name, each naming its setting."""
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert len(lines) == len(names), lines
+    for line, name in zip(lines, names, strict=True):
+        assert line.startswith("wa-gateway: configuration error: ")
+        assert name in line
+    assert_no_leak(result)
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that this test holds open (listening), so nobody else can bind it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+# --- check-config ---------------------------------------------------------------------------------
+
+
+def test_check_config_prints_the_effective_configuration_as_toml(tmp_path: Path) -> None:
+    result = gateway("check-config", env={**BASE, "GATEWAY_LISTEN": "[::1]:9000"}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    document = tomllib.loads(result.stdout)
+    assert document["webapp"]["url"] == "http://127.0.0.1:9"
+    assert document["server"]["listen"] == "[::1]:9000"
+    assert document["tokens"]["backoff_max"] == 30.0
+
+
+def test_check_config_masks_every_secret(tmp_path: Path) -> None:
+    result = gateway("check-config", env=BASE, cwd=tmp_path)
+    document = tomllib.loads(result.stdout)
+    assert document["webapp"]["password"] == "***"
+    assert document["webapp"]["api_key"] == "***"
+    assert_no_leak(result)
+
+
+def test_check_config_reads_the_config_option_before_gateway_config(tmp_path: Path) -> None:
+    chosen = tmp_path / "chosen.toml"
+    chosen.write_text('[webapp]\nusername = "chosen"\n', encoding="utf-8")
+    other = tmp_path / "other.toml"
+    other.write_text('[webapp]\nusername = "other"\n', encoding="utf-8")
+    env = {**BASE, "GATEWAY_CONFIG": str(other)}
+    result = gateway("check-config", "--config", str(chosen), env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert tomllib.loads(result.stdout)["webapp"]["username"] == "chosen"
+
+
+def test_check_config_accepts_the_example_file(tmp_path: Path) -> None:
+    example = REPO / "config" / "gateway.toml"
+    result = gateway(
+        "check-config", "--config", str(example), env={"WA_PASSWORD": PASSWORD}, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert_no_leak(result)
+
+
+# --- bad configuration: exit 2, one line per problem ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        pytest.param({"WA_WEBAPP_URL": ""}, "WA_WEBAPP_URL", id="missing-url"),
+        pytest.param({"WA_WEBAPP_URL": "webapp:9090"}, "WA_WEBAPP_URL", id="malformed-url"),
+        pytest.param(
+            {"WA_WEBAPP_URL": f"https://admin:{URL_SECRET}@webapp"},
+            "WA_WEBAPP_URL",
+            id="url-userinfo",
+        ),
+        pytest.param({"GATEWAY_LISTEN": "8080"}, "GATEWAY_LISTEN", id="listen-without-host"),
+        pytest.param({"GATEWAY_LISTEN": "127.0.0.1:70000"}, "GATEWAY_LISTEN", id="listen-port"),
+        pytest.param({"WA_API_KEY": SHORT_KEY}, "WA_API_KEY", id="short-api-key"),
+        pytest.param({"WA_PASSWORD": LATIN_1_MISFIT}, "WA_PASSWORD", id="non-latin-1-password"),
+        pytest.param(
+            {"WA_PASSWORD_FILE": "/nonexistent/wa-password"},
+            "WA_PASSWORD_FILE",
+            id="unreadable-password-file",
+        ),
+        pytest.param({"WA_PASSWORD": ""}, "WA_PASSWORD or WA_PASSWORD_FILE", id="no-password"),
+        pytest.param({"WA_TLS_VERIFY": "sometimes"}, "WA_TLS_VERIFY", id="bool"),
+        pytest.param({"GATEWAY_UPSTREAM_TIMEOUT": "0"}, "GATEWAY_UPSTREAM_TIMEOUT", id="seconds"),
+        pytest.param({"GATEWAY_MAX_BODY": "10MB"}, "GATEWAY_MAX_BODY", id="size"),
+        pytest.param({"GATEWAY_LOG_LEVEL": "chatty"}, "GATEWAY_LOG_LEVEL", id="log-level"),
+        pytest.param(
+            {"GATEWAY_CONFIG": "/nonexistent/gateway.toml"}, "GATEWAY_CONFIG", id="missing-file"
+        ),
+    ],
+)
+def test_bad_setting_exits_2_with_one_line_naming_it(
+    tmp_path: Path, env: dict[str, str], name: str
+) -> None:
+    result = gateway("check-config", env={**BASE, **env}, cwd=tmp_path)
+    assert_config_errors(result, name)
+
+
+def test_every_problem_gets_its_own_line(tmp_path: Path) -> None:
+    env = {"WA_API_KEY": "short", "GATEWAY_LISTEN": "nowhere", "GATEWAY_LOG_LEVEL": "chatty"}
+    result = gateway("check-config", env=env, cwd=tmp_path)
+    assert_config_errors(
+        result,
+        "WA_WEBAPP_URL",
+        "WA_API_KEY",
+        "GATEWAY_LISTEN",
+        "GATEWAY_LOG_LEVEL",
+        "WA_PASSWORD or WA_PASSWORD_FILE",
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        (f'[webapp]\npasword = "{PASSWORD}"\n', "unknown key webapp.pasword"),
+        ("[proxy]\nport = 1\n", "unknown section [proxy]"),
+        (f'[webapp]\npassword = "{PASSWORD}\n', "is not valid TOML"),
+        ("[server]\nlisten = 8080\n", "GATEWAY_LISTEN (server.listen)"),
+    ],
+    ids=["unknown-key", "unknown-section", "invalid-toml", "wrong-type"],
+)
+def test_bad_file_exits_2_with_one_line_naming_the_problem(
+    tmp_path: Path, text: str, name: str
+) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text(text, encoding="utf-8")
+    result = gateway("check-config", "--config", str(path), env=BASE, cwd=tmp_path)
+    assert_config_errors(result, name)
+
+
+def test_serve_with_bad_configuration_exits_2_before_starting(tmp_path: Path) -> None:
+    result = gateway("serve", env={**BASE, "GATEWAY_LISTEN": "nowhere"}, cwd=tmp_path)
+    assert_config_errors(result, "GATEWAY_LISTEN")
+
+
+# --- serve ----------------------------------------------------------------------------------------
+
+
+def test_serve_on_a_busy_port_says_so_in_one_line(tmp_path: Path, busy_port: int) -> None:
+    env = {**BASE, "GATEWAY_LISTEN": f"127.0.0.1:{busy_port}"}
+    result = gateway("serve", env=env, cwd=tmp_path)
+    [line] = result.stderr.splitlines()
+    assert result.returncode == 1
+    assert line.startswith(f"wa-gateway: cannot listen on 127.0.0.1:{busy_port}: ")
+    assert "address already in use" in line.lower()
+    assert_no_leak(result)
+
+
+# --- the command line itself ----------------------------------------------------------------------
+
+
+def test_version_prints_the_version(tmp_path: Path) -> None:
+    result = gateway("--version", env={}, cwd=tmp_path)
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"wa-gateway {__version__}"
+
+
+def test_unknown_subcommand_exits_2_with_usage(tmp_path: Path) -> None:
+    result = gateway("launch", env=BASE, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "invalid choice: 'launch'" in result.stderr
+    assert result.stderr.startswith("usage: wa-gateway")
+    assert_no_leak(result)
+
+
+def test_missing_subcommand_exits_2_with_usage(tmp_path: Path) -> None:
+    result = gateway(env=BASE, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "usage: wa-gateway" in result.stderr
+    assert_no_leak(result)
+
+
+def test_config_option_is_refused_by_demo(tmp_path: Path) -> None:
+    result = gateway("demo", "--config", "x.toml", env={}, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "unrecognized arguments: --config x.toml" in result.stderr
