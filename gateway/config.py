@@ -98,6 +98,7 @@ class TokenConfig:
     refresh_jitter: float
     backoff_initial: float
     backoff_max: float
+    breaker_threshold: int
 
 
 @dataclass(frozen=True)
@@ -382,6 +383,7 @@ SETTINGS: tuple[Setting[object], ...] = (
     Setting("tokens", "refresh_jitter", "GATEWAY_REFRESH_JITTER", _fraction, 0.05),
     Setting("tokens", "backoff_initial", "GATEWAY_LOGIN_BACKOFF_INITIAL", _seconds, 1.0),
     Setting("tokens", "backoff_max", "GATEWAY_LOGIN_BACKOFF_MAX", _seconds, 30.0),
+    Setting("tokens", "breaker_threshold", "GATEWAY_LOGIN_BREAKER_THRESHOLD", _count, 5),
 )
 SECTIONS: dict[str, type[WebappConfig | ServerConfig | TokenConfig]] = {
     "webapp": WebappConfig,

@@ -80,12 +80,14 @@ class Forwarder:
                 content_length=body.size if request.body_exists else None,
             )
             answer = await self._send(request.method, target, headers, body, exchange)
-            if answer.status == 401 and token is not None:
-                answer.release()
-                token = await self._replacement(token)
-                headers["Authorization"] = f"Bearer {token.value.reveal()}"
-                exchange.retried = True
-                answer = await self._send(request.method, target, headers, body, exchange)
+            if token is not None:
+                if answer.status == 401:
+                    answer.release()
+                    token = await self._replacement(token)
+                    headers["Authorization"] = f"Bearer {token.value.reveal()}"
+                    exchange.retried = True
+                    answer = await self._send(request.method, target, headers, body, exchange)
+                self.pool.report(self.webapp.account, token, accepted=answer.status != 401)
             return await self._relay(request, answer, exchange)
         finally:
             body.close()

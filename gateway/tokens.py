@@ -15,17 +15,23 @@
   (see :func:`gateway.webapp.parse_login`), on the monotonic clock.
 - While logins fail and no token is held, callers get a fast :class:`TokenUnavailable` (503) with
   ``Retry-After`` and the cause; they never trigger a login of their own.
+- A fresh token that the Webapp refuses at once (:meth:`TokenPool.report`) counts as a failed
+  login, so a Webapp that answers 401 to everything meets the same backoff instead of a login per
+  request. After ``breaker_threshold`` failures in a row the login circuit breaker is open until
+  the backoff ends, then half-open for one trial login; its state shows in readiness and metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import NamedTuple, Protocol
 
 import structlog
@@ -111,6 +117,21 @@ class InvalidLoginAnswer(LoginFailed):
     advice = "The gateway keeps retrying; check the Webapp's version and clock."
 
 
+class TokenRejected(LoginFailed):
+    """The login succeeded, but the Webapp refused the new token at once."""
+
+    kind = "token_rejected"
+    advice = "The Webapp issues tokens it then refuses; check the Webapp and its user."
+
+
+class Breaker(Enum):
+    """The login circuit breaker; the value is what the metric shows."""
+
+    CLOSED = 0
+    HALF_OPEN = 1  # the backoff ended: the next login is a trial
+    OPEN = 2  # too many failures in a row: no login until the backoff ends
+
+
 LoginFn = Callable[[Account], Awaitable[Grant]]
 
 
@@ -153,6 +174,7 @@ class _Slot:
     last_failure: LoginFailed | None = None
     retry_at: float = 0.0
     logged_in: bool = False
+    rejected_generation: int = 0  # the last token counted as refused, so it counts once
 
 
 @dataclass(frozen=True)
@@ -205,6 +227,24 @@ class TokenPool:
             raise self._unavailable(slot, self.clock.monotonic())
         return outcome
 
+    def report(self, account: Account, token: Token, *, accepted: bool) -> None:
+        """Tell the pool whether the Webapp accepted ``token`` (any answer but 401).
+
+        A refused token that is the newest one was issued for this very request's replay: the
+        Webapp refuses fresh tokens, which counts as a failure (once per token). An accepted one
+        clears such failures.
+        """
+        slot = self._slots.get(account)
+        if slot is None or token.generation != slot.generation:
+            return
+        if accepted:
+            if isinstance(slot.last_failure, TokenRejected):
+                slot.failures, slot.last_failure, slot.retry_at = 0, None, 0.0
+        elif slot.rejected_generation != token.generation:
+            slot.rejected_generation = token.generation
+            failure = TokenRejected(f"The Webapp refused token {token.fingerprint} at once.")
+            self._failed(slot, failure, self.clock.monotonic())
+
     def invalidate(self, account: Account, rejected: Token) -> bool:
         """Forget ``rejected`` if it is still the pooled token; True if it was."""
         current = self._tokens.get(account)
@@ -220,16 +260,28 @@ class TokenPool:
     # --- state for readiness and metrics ---------------------------------------------------------
 
     def readiness(self, account: Account) -> Readiness:
-        """Ready while a valid token is held or the last login succeeded."""
+        """Ready while a usable token is held or the last login succeeded."""
         slot = self._slot(account)
-        if account in self._tokens:
+        failure = slot.last_failure
+        if account in self._tokens and not isinstance(failure, TokenRejected):
             return Readiness(True, "holding a valid token")
-        if slot.last_failure is not None:
-            failure = slot.last_failure
-            return Readiness(False, f"login failed ({failure.kind}): {failure.details}")
+        if failure is not None:
+            breaker = self.breaker(account).name.lower().replace("_", "-")
+            return Readiness(
+                False,
+                f"login failed ({failure.kind}, {slot.failures} in a row, login breaker "
+                f"{breaker}): {failure.details}",
+            )
         if slot.logged_in:
             return Readiness(True, "last login succeeded")
         return Readiness(False, "no token yet: the first login is under way")
+
+    def breaker(self, account: Account) -> Breaker:
+        """The login circuit breaker's state, derived from the failures in a row and the backoff."""
+        slot = self._slot(account)
+        if slot.failures < self.config.breaker_threshold:
+            return Breaker.CLOSED
+        return Breaker.OPEN if self.clock.monotonic() < slot.retry_at else Breaker.HALF_OPEN
 
     def seconds_left(self, account: Account) -> float:
         """Seconds until the pooled token of ``account`` expires; 0 without one."""
@@ -275,7 +327,10 @@ class TokenPool:
 
     def _start_login(self, slot: _Slot, reason: str) -> asyncio.Task[Token | LoginFailed]:
         if slot.login is None:
-            slot.login = asyncio.get_running_loop().create_task(self._login(slot, reason))
+            # A context of its own: the login serves every caller, not the request that started it.
+            slot.login = asyncio.get_running_loop().create_task(
+                self._login(slot, reason), context=contextvars.Context()
+            )
         return slot.login
 
     async def _login(self, slot: _Slot, reason: str) -> Token | LoginFailed:
@@ -306,7 +361,10 @@ class TokenPool:
             refresh_at=refresh_time(sent_at, grant.lifetime, self.config, self.rng),
         )
         self._tokens[slot.account] = token
-        slot.failures, slot.last_failure, slot.retry_at, slot.logged_in = 0, None, 0.0, True
+        slot.logged_in = True
+        # A login proves little while the Webapp refuses fresh tokens: report() clears those.
+        if not isinstance(slot.last_failure, TokenRejected):
+            slot.failures, slot.last_failure, slot.retry_at = 0, None, 0.0
         self.metrics.logins.labels("ok").inc()
         if reason == "refresh":
             self.metrics.refreshes.inc()

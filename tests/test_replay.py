@@ -148,3 +148,32 @@ async def test_a_late_401_for_an_old_token_keeps_the_new_one(rig: Rig) -> None:
     async with slow.result() as response:
         assert response.status == 200
     assert rig.sim.logins == 2
+
+
+async def test_a_webapp_that_refuses_every_token_meets_backoff_not_a_login_storm(
+    make_rig: MakeRig,
+) -> None:
+    rig = await make_rig(
+        env={"GATEWAY_LOGIN_BACKOFF_INITIAL": "2", "GATEWAY_LOGIN_BACKOFF_MAX": "2"}
+    )
+    await logged_in(rig)
+    rig.sim.reject_all_tokens = True
+    statuses = []
+    for _ in range(50):
+        async with rig.client.post("/v1/messages", json=MESSAGE) as response:
+            statuses.append(response.status)
+    assert set(statuses) <= {401, 503}
+    assert statuses[0] == 401  # the Webapp's own answer to the replay
+    assert rig.sim.logins == 2  # the first login, and one for the first refusal: no more
+    async with rig.client.get("/_gateway/readyz") as response:
+        assert response.status == 503
+        assert "token_rejected" in (await response.json())["errors"][0]["details"]
+    rig.sim.reject_all_tokens = False
+    async with asyncio.timeout(10):
+        while True:
+            async with rig.client.post("/v1/messages", json=MESSAGE) as response:
+                if response.status == 201:
+                    break
+            await asyncio.sleep(0.1)
+    async with rig.client.get("/_gateway/readyz") as response:
+        assert response.status == 200

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
+import structlog
 
 from gateway.config import TokenConfig
 from gateway.errors import TokenUnavailable
@@ -16,6 +17,7 @@ from gateway.secret import Secret
 from gateway.tokens import (
     Account,
     BadCredentials,
+    Breaker,
     Grant,
     PasswordChangeRequired,
     Readiness,
@@ -34,6 +36,7 @@ CONFIG = TokenConfig(
     refresh_jitter=0.05,
     backoff_initial=1.0,
     backoff_max=30.0,
+    breaker_threshold=3,
 )
 
 
@@ -330,3 +333,87 @@ async def test_closing_the_pool_stops_a_login_in_flight(logins: Logins) -> None:
     assert logins.calls == 1
     await pool.close()
     assert all(task.done() for task in asyncio.all_tasks() if task is not asyncio.current_task())
+
+
+async def test_a_fresh_token_refused_at_once_counts_as_one_failure(
+    pool: TokenPool, logins: Logins
+) -> None:
+    token = await pool.token(ACCOUNT)
+    for _ in range(20):  # twenty replays refused with the same fresh token
+        pool.report(ACCOUNT, token, accepted=False)
+    readiness = pool.readiness(ACCOUNT)
+    assert not readiness.ready
+    assert "token_rejected, 1 in a row" in readiness.reason
+    assert pool.metrics.logins.labels("token_rejected")._value.get() == 1
+
+
+async def test_refusals_of_an_older_token_are_not_counted(pool: TokenPool) -> None:
+    old = await pool.token(ACCOUNT)
+    pool.invalidate(ACCOUNT, old)
+    await pool.token(ACCOUNT)
+    pool.report(ACCOUNT, old, accepted=False)
+    assert pool.readiness(ACCOUNT).ready
+
+
+async def test_the_breaker_opens_after_failures_in_a_row_and_half_opens_after_the_backoff(
+    pool: TokenPool, logins: Logins, clock: FakeClock
+) -> None:
+    logins.failures = [WebappUnavailable("down")] * 3
+    for attempt in range(3):
+        assert pool.breaker(ACCOUNT) is Breaker.CLOSED
+        with pytest.raises(TokenUnavailable):
+            await pool.token(ACCOUNT)
+        if attempt < 2:
+            clock.advance(CONFIG.backoff_max)
+    assert pool.breaker(ACCOUNT) is Breaker.OPEN
+    assert "login breaker open" in pool.readiness(ACCOUNT).reason
+    clock.advance(CONFIG.backoff_max)
+    assert pool.breaker(ACCOUNT) is Breaker.HALF_OPEN
+    await pool.token(ACCOUNT)  # the trial login succeeds
+    assert pool.breaker(ACCOUNT) is Breaker.CLOSED
+    assert pool.readiness(ACCOUNT).ready
+
+
+async def test_refused_fresh_tokens_open_the_breaker_until_a_token_is_accepted(
+    pool: TokenPool, clock: FakeClock
+) -> None:
+    for attempt in range(3):
+        token = await pool.token(ACCOUNT)
+        pool.report(ACCOUNT, token, accepted=False)
+        pool.invalidate(ACCOUNT, token)
+        if attempt < 2:
+            clock.advance(CONFIG.backoff_max)
+    assert pool.breaker(ACCOUNT) is Breaker.OPEN
+    clock.advance(CONFIG.backoff_max)
+    token = await pool.token(ACCOUNT)
+    assert pool.breaker(ACCOUNT) is Breaker.HALF_OPEN  # a login alone proves nothing here
+    pool.report(ACCOUNT, token, accepted=True)
+    assert pool.breaker(ACCOUNT) is Breaker.CLOSED
+    assert pool.readiness(ACCOUNT).ready
+
+
+async def test_while_refused_tokens_back_off_callers_get_fast_503s(
+    pool: TokenPool, logins: Logins
+) -> None:
+    token = await pool.token(ACCOUNT)
+    pool.report(ACCOUNT, token, accepted=False)
+    pool.invalidate(ACCOUNT, token)
+    for _ in range(20):
+        with pytest.raises(TokenUnavailable):
+            await pool.token(ACCOUNT)
+    assert logins.calls == 1
+
+
+async def test_the_login_task_does_not_inherit_the_callers_log_context(
+    pool: TokenPool,
+) -> None:
+    seen: list[object] = []
+
+    async def login(account: Account) -> Grant:
+        seen.append(structlog.contextvars.get_contextvars().get("request_id"))
+        return Grant(Secret("t"), WEEK)
+
+    pool.login_fn = login
+    with structlog.contextvars.bound_contextvars(request_id="caller-1"):
+        await pool.token(ACCOUNT)
+    assert seen == [None]
