@@ -10,7 +10,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 from aiohttp import web
@@ -33,6 +33,28 @@ CLIENT_CLOSED = 499
 MAX_LOGGED_PATH = 512
 
 
+class InFlight:
+    """How many requests are being handled, and a way to wait until none are."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __enter__(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.count -= 1
+        if not self.count:
+            self._idle.set()
+
+    async def idle(self) -> None:
+        """Return once no request is in flight."""
+        await self._idle.wait()
+
+
 @dataclass(eq=False)
 class Gateway:
     """Everything one gateway app shares between requests."""
@@ -43,6 +65,7 @@ class Gateway:
     pool: TokenPool
     metrics: Metrics
     forwarder: Forwarder
+    in_flight: InFlight = field(default_factory=InFlight)
     draining: bool = False
 
 
@@ -61,6 +84,7 @@ def create_app(
     metrics.watch_token_expiry(lambda: pool.seconds_left(webapp.account))
     forwarder = Forwarder(webapp, pool, metrics, config.server, config.webapp.api_key)
     gateway = Gateway(config, clock, webapp, pool, metrics, forwarder)
+    metrics.in_flight.set_function(lambda: gateway.in_flight.count)
 
     app = web.Application(middlewares=[_observe(gateway)])
     app[GATEWAY] = gateway
@@ -138,15 +162,16 @@ def _observe(gateway: Gateway) -> Middleware:
     async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         exchange = Exchange(request_id(request.headers.get(REQUEST_ID)), time.perf_counter())
         request[EXCHANGE] = exchange
-        metrics.in_flight.inc()
         status = CLIENT_CLOSED
         try:
-            with structlog.contextvars.bound_contextvars(request_id=exchange.request_id):
+            with (
+                gateway.in_flight,
+                structlog.contextvars.bound_contextvars(request_id=exchange.request_id),
+            ):
                 response = await _answer(request, handler, exchange)
             status = response.status
             return response
         finally:
-            metrics.in_flight.dec()
             elapsed = time.perf_counter() - exchange.started
             metrics.count_request(request.method, status, elapsed)
             log.info(

@@ -13,10 +13,9 @@ from .app import create_app
 from .config import ConfigError, describe, load_config
 from .demo import run_demo
 from .log import configure_logging
-from .server import ListenError, serve
+from .server import INTERRUPTED, ListenError, serve
 
 CONFIG_ERROR = 2
-INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,23 +41,23 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
     environ = os.environ if environ is None else environ
-    if args.command == "demo":
-        return run_demo(environ)
     try:
+        if args.command == "demo":
+            asyncio.run(run_demo(environ))
+            return 0
         config = load_config(args.config, environ)
+        if args.command == "check-config":
+            print("\n".join(describe(config)).rstrip())
+            return 0
+        configure_logging(config.server.log_level)
+        asyncio.run(serve(create_app(config), config))
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"wa-gateway: configuration error: {problem}", file=sys.stderr)
         return CONFIG_ERROR
-    if args.command == "check-config":
-        print("\n".join(describe(config)).rstrip())
-        return 0
-    configure_logging(config.server.log_level)
-    try:
-        asyncio.run(serve(create_app(config), config))
     except ListenError as exc:
         print(f"wa-gateway: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # Ctrl-C before the signal handlers are in place
+    except KeyboardInterrupt:  # Ctrl-C before serve() has its signal handlers in place
         return INTERRUPTED
     return 0

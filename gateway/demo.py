@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import secrets
-import sys
 from collections.abc import Mapping
 
 from aiohttp import web
 
 from .app import create_app
-from .config import ConfigError, load_config
+from .config import load_config
 from .log import configure_logging
-from .server import ListenError, serve
+from .server import serve
 from .simulator import Simulator
 
 CURL = (
@@ -21,21 +19,8 @@ CURL = (
 )
 
 
-def run_demo(environ: Mapping[str, str]) -> int:
-    """Run the demo until interrupted; returns the exit status."""
-    try:
-        asyncio.run(_demo(environ))
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"wa-gateway: configuration error: {problem}", file=sys.stderr)
-        return 2
-    except ListenError as exc:
-        print(f"wa-gateway: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-async def _demo(environ: Mapping[str, str]) -> None:
+async def run_demo(environ: Mapping[str, str]) -> None:
+    """Run the simulator and the gateway in front of it until a stop signal."""
     # A fresh password and API key each run: the simulator only lives as long as the demo.
     password = "Demo-" + secrets.token_urlsafe(12) + "-1a!"
     api_key = secrets.token_urlsafe(24)

@@ -2,7 +2,10 @@
 
 Every event, the gateway's own and those of aiohttp and asyncio through the standard library, goes
 through :func:`redact` after its traceback has been rendered, so no token, password, API key or
-``Authorization`` value can reach the output even inside an exception message.
+``Authorization`` value can reach the output even inside an exception message. Redaction knows
+secrets by where they stand (a sensitive key, a credential scheme, a ``password=`` assignment)
+or by their type (:class:`~gateway.secret.Secret`); a bare secret in free text is not recognised,
+so code must not put one there.
 """
 
 from __future__ import annotations
@@ -19,70 +22,106 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 from .secret import MASK, Secret
 
 REDACTED = "[redacted]"
-SENSITIVE_KEYS = frozenset(
-    {
-        "authorization",
-        "proxy-authorization",
-        "password",
-        "new_password",
-        "token",
-        "api_key",
-        "apikey",
-        "secret",
-        "cookie",
-        "set-cookie",
-    }
+# A key whose lower-cased name ends with one of these holds a secret, whatever its value:
+# token, access_token, X-Api-Key, new_password, Proxy-Authorization, Set-Cookie...
+SENSITIVE_KEY_ENDINGS = (
+    "authorization",
+    "password",
+    "passwd",
+    "token",
+    "secret",
+    "apikey",
+    "api_key",
+    "api-key",
+    "cookie",
+    "credentials",
 )
-# "Bearer abc", "Basic abc", "Apikey abc" and password='abc' / token: abc, wherever they stand.
-_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic|apikey)(\s+)[^\s,;\"'}\]]+")
-_ASSIGNMENT = re.compile(
-    r"(?i)\b(password|new_password|token|api_key|apikey|secret)(['\"]?\s*[=:]\s*['\"]?)[^\s,;\"'}\])]+"
+_SCHEMES = "bearer|basic|apikey|digest"
+_NAMES = "|".join(f"(?<={name})" for name in SENSITIVE_KEY_ENDINGS)
+# One pass over the text finds both shapes; only the named group (the secret) is replaced.
+# - a credential after an Authorization scheme: "Bearer abc", "Basic dXNlcjpw", "Apikey k";
+# - a value assigned to a name with a sensitive ending: password=x, "token": "x y", WA_API_KEY: x,
+#   \"secret\": \"x\", Authorization: x (a credential with a scheme is left to the first shape,
+#   which keeps the scheme).
+# The name is matched possessively and checked by look-behind, so the scan stays linear.
+_SECRET = re.compile(
+    rf"""(?ix)
+    \b(?:{_SCHEMES})\s+(?P<credential>[^\s,;"'}}\]]+)
+    | (?<![\w-])[\w-]++(?:{_NAMES})
+      \\?["']?[ \t]*[=:][ \t]*
+      (?!\\?["']?(?:{_SCHEMES})\s)
+      (?: \\?"(?P<double>[^"]*) | \\?'(?P<single>[^']*) | (?P<bare>[^\s,;"'}}\])]+) )
+    """
 )
+# Neither shape can match a string without a space, '=' or ':' (most values of most events).
+_MAYBE_SECRET = re.compile(r"[\s=:]")
 
 
 def redact(_logger: WrappedLogger, _method: str, event: EventDict) -> EventDict:
     """Mask every value that is, or may contain, a secret."""
-    return {key: _clean(key, value) for key, value in event.items()}
+    for key, value in event.items():
+        event[key] = _clean(key, value)
+    return event
 
 
 def _clean(key: object, value: object) -> object:
-    if isinstance(key, str) and key.lower() in SENSITIVE_KEYS:
+    if isinstance(key, str) and key.lower().endswith(SENSITIVE_KEY_ENDINGS):
         return REDACTED
     if isinstance(value, str):
         return scrub(value)
+    if value is None or isinstance(value, int | float):
+        return value
+    return _clean_object(value)
+
+
+def _clean_object(value: object) -> object:
     if isinstance(value, Secret):
         return MASK
     if isinstance(value, Mapping):
         return {k: _clean(k, v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str):
+        return [value[0], _clean(*value)]  # a (name, value) pair, such as a header
+    if isinstance(value, list | tuple | set | frozenset):
         return [_clean(None, item) for item in value]
-    return value
+    # Anything else would be rendered by its repr (an exception, bytes, a header multidict):
+    # render it here, so that the text is scrubbed like any other.
+    return scrub(repr(value))
 
 
 def scrub(text: str) -> str:
     """``text`` with credentials after Bearer/Basic/Apikey and after password=/token= masked."""
-    text = _CREDENTIAL.sub(rf"\1\2{REDACTED}", text)
-    return _ASSIGNMENT.sub(rf"\1\2{REDACTED}", text)
+    if _MAYBE_SECRET.search(text) is None:
+        return text
+    return _SECRET.sub(_mask, text)
+
+
+def _mask(match: re.Match[str]) -> str:
+    secret = match.lastgroup or "credential"
+    return match.string[match.start() : match.start(secret)] + REDACTED
 
 
 def configure_logging(level: str, stream: TextIO | None = None, *, cache: bool = True) -> None:
     """Send structlog and standard-library logging to ``stream`` (stdout) at ``level``.
 
-    ``cache=False`` lets tests configure again and again; the gateway caches for speed.
+    ``cache=False`` lets tests configure again and again; the gateway caches for speed (a cached
+    logger keeps the configuration it first saw, whatever is configured later).
     """
     stream = stream or sys.stdout
     number = logging.getLevelNamesMapping()[level.upper()]
     renderer: Processor = (
         structlog.dev.ConsoleRenderer() if stream.isatty() else structlog.processors.JSONRenderer()
     )
-    shared: list[Processor] = [
-        structlog.contextvars.merge_contextvars,
+    # Level and timestamp are added after redaction: they cannot hold a secret, so they are not
+    # scanned for one.
+    final: list[Processor] = [
+        structlog.processors.format_exc_info,
+        redact,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        renderer,
     ]
-    final: list[Processor] = [structlog.processors.format_exc_info, redact, renderer]
     structlog.configure(
-        processors=[*shared, *final],
+        processors=[structlog.contextvars.merge_contextvars, *final],
         wrapper_class=structlog.make_filtering_bound_logger(number),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=cache,
@@ -90,7 +129,10 @@ def configure_logging(level: str, stream: TextIO | None = None, *, cache: bool =
     handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            foreign_pre_chain=[
+                structlog.contextvars.merge_contextvars,
+                structlog.stdlib.add_logger_name,
+            ],
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
         )
     )

@@ -5,7 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import generate_latest
+
+# The format generate_latest() writes. Not prometheus_client's CONTENT_TYPE_LATEST, which in current
+# releases names text format 1.0.0, sent only to a scraper that asks for it (see choose_encoder()).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Label values come from clients: anything outside these sets is counted as "other", so that a
 # client inventing methods cannot grow the registry without bound.
@@ -81,4 +85,4 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE

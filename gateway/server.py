@@ -2,24 +2,35 @@
 
 Shutdown: readiness turns 503 at once; the listener stays open for ``shutdown_drain`` seconds so
 that load balancers notice; then it closes, requests in flight get up to ``shutdown_grace``
-seconds to finish, and only then does the Webapp connection pool close (``cleanup_ctx``).
+seconds to finish, those still running are cut (cancelled, their connections closed), and only
+then does the Webapp connection pool close (``cleanup_ctx``).
+
+The signal handlers are in place from the start of :func:`serve` to its end, so a signal during
+start-up stops the gateway in order too, and a second signal during shutdown changes nothing:
+shutdown is bounded by ``shutdown_drain + shutdown_grace`` already.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Callable
 
 import structlog
 from aiohttp import web
 
-from .app import GATEWAY
-from .config import Config
+from .app import GATEWAY, InFlight
+from .config import Address, Config
 
 log = structlog.get_logger("gateway.server")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+INTERRUPTED = 130  # the exit status for Ctrl-C before the handlers are in place: 128 + SIGINT
+# aiohttp's own shutdown wait, per phase, for what is left after the grace period: only the time
+# a cancelled handler gets to unwind. (aiohttp would wait its timeout twice, and read 0 as
+# "forever", so the grace period is counted here instead.)
+_CUT_WAIT = 0.1
 
 
 class ListenError(Exception):
@@ -36,32 +47,65 @@ async def serve(
     """Serve ``app`` on ``config.server.listen`` until a stop signal (or ``stop`` is set)."""
     server = config.server
     stop = stop or asyncio.Event()
-    # handler_cancellation: like nginx (proxy_ignore_client_abort off), a request whose client
-    # hangs up stops at once and frees its Webapp connection and spool file.
-    runner = web.AppRunner(
-        app, access_log=None, shutdown_timeout=server.shutdown_grace, handler_cancellation=True
-    )
     loop = asyncio.get_running_loop()
-    await runner.setup()
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop.set)
     try:
-        site = web.TCPSite(runner, server.listen.host, server.listen.port, backlog=1024)
+        # handler_cancellation: like nginx (proxy_ignore_client_abort off), a request whose client
+        # hangs up stops at once and frees its Webapp connection and spool file.
+        runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=_CUT_WAIT, handler_cancellation=True
+        )
+        await runner.setup()
         try:
-            await site.start()
-        except OSError as exc:
-            raise ListenError(f"cannot listen on {server.listen}: {exc.strerror}") from None
-        for signum in STOP_SIGNALS:
-            loop.add_signal_handler(signum, stop.set)
-        host, port = runner.addresses[0][:2]
-        url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-        log.info("gateway.started", url=url, webapp=str(config.webapp.url))
-        if on_started is not None:
-            on_started(url)
-        await stop.wait()
-        app[GATEWAY].draining = True
-        log.info("gateway.stopping", drain_s=server.shutdown_drain, grace_s=server.shutdown_grace)
-        await asyncio.sleep(server.shutdown_drain)
+            url = await _listen(runner, server.listen)
+            log.info("gateway.started", url=url, webapp=str(config.webapp.url))
+            if on_started is not None:
+                on_started(url)
+            await stop.wait()
+            app[GATEWAY].draining = True
+            log.info(
+                "gateway.stopping", drain_s=server.shutdown_drain, grace_s=server.shutdown_grace
+            )
+            await asyncio.sleep(server.shutdown_drain)
+        finally:
+            await _close_listener(runner)
+            cut = await _finish_in_flight(app[GATEWAY].in_flight, server.shutdown_grace)
+            if cut:
+                log.warning("gateway.requests_cut", count=cut, grace_s=server.shutdown_grace)
+            await runner.cleanup()
     finally:
         for signum in STOP_SIGNALS:
             loop.remove_signal_handler(signum)
-        await runner.cleanup()
     log.info("gateway.stopped")
+
+
+async def _listen(runner: web.AppRunner, address: Address) -> str:
+    """Open the listening socket; return the URL it answers on."""
+    site = web.TCPSite(runner, address.host, address.port, backlog=1024)
+    try:
+        await site.start()
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {address}: {exc.strerror}") from None
+    host, port = runner.addresses[0][:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def _close_listener(runner: web.AppRunner) -> None:
+    """Accept no more connections, and no more requests on the open ones."""
+    for site in runner.sites:
+        await site.stop()
+    if runner.server is not None:
+        runner.server.pre_shutdown()  # idle keep-alive connections close now, busy ones when done
+
+
+async def _finish_in_flight(in_flight: InFlight, grace: float) -> int:
+    """Wait up to ``grace`` seconds for the requests in flight; return how many are left."""
+    # A request that arrived just before the listener closed is counted once it reaches the
+    # middleware: three turns of the loop (its connection wakes, starts its task, which runs).
+    for _ in range(3):
+        await asyncio.sleep(0)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(grace):
+            await in_flight.idle()
+    return in_flight.count

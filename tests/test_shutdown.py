@@ -1,0 +1,191 @@
+"""Stopping a gateway process with SIGTERM or SIGINT: the drain, the grace period, exit status 0.
+
+Each test runs ``python -m gateway serve`` in front of a simulator in the test's own event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import TypeVar
+
+import aiohttp
+import pytest
+from pytest_aiohttp import AiohttpServer
+
+from gateway.simulator import Fault, Simulator
+
+from .processes import FRESH, GatewayProcess, serve_gateway, start_simulator
+
+pytestmark = pytest.mark.slow
+
+SIGNALS = [pytest.param(signal.SIGTERM, id="SIGTERM"), pytest.param(signal.SIGINT, id="SIGINT")]
+MESSAGE = {"to": "16315551234", "type": "text", "text": {"body": "hi"}}
+DRAIN = 1.0
+SLOW = 2.0  # seconds the simulator holds POST /v1/messages: the drain, and some of the grace
+# A request the Webapp holds longer than any test runs; it ends when the gateway hangs up.
+HELD = 60.0
+WAIT = 10.0  # the most any single step below may take
+
+Start = Callable[..., Awaitable[GatewayProcess]]
+T = TypeVar("T")
+
+
+@pytest.fixture
+async def sim_url(aiohttp_server: AiohttpServer) -> tuple[Simulator, str]:
+    return await start_simulator(aiohttp_server)
+
+
+@pytest.fixture
+async def start(sim_url: tuple[Simulator, str], tmp_path: Path) -> AsyncIterator[Start]:
+    """Start a gateway subprocess in front of the simulator, with ``settings`` added."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(**settings: str) -> GatewayProcess:
+            return await stack.enter_async_context(serve_gateway(sim_url[1], tmp_path, **settings))
+
+        yield start
+
+
+async def post_message(url: str) -> int:
+    timeout = aiohttp.ClientTimeout(total=WAIT)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.post(url + "/v1/messages", json=MESSAGE) as response,
+    ):
+        await response.read()
+        return response.status
+
+
+async def get_status(url: str) -> int:
+    """The status of a GET on a new connection."""
+    timeout = aiohttp.ClientTimeout(total=2)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.get(url, headers=FRESH) as response,
+    ):
+        await response.read()
+        return response.status
+
+
+@contextlib.asynccontextmanager
+async def in_background(coroutine: Coroutine[object, object, T]) -> AsyncIterator[asyncio.Task[T]]:
+    """Run ``coroutine`` as a task that is cancelled and awaited on the way out."""
+    task = asyncio.ensure_future(coroutine)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def until_seen(sim: Simulator, path: str) -> None:
+    """Wait until a request for ``path`` has reached the simulator."""
+    async with asyncio.timeout(WAIT):
+        while not sim.seen_on(path):
+            await asyncio.sleep(0.01)
+
+
+async def until_not_ready(url: str) -> None:
+    async with asyncio.timeout(WAIT):
+        while await get_status(url + "/_gateway/readyz") != 503:
+            await asyncio.sleep(0.02)
+
+
+async def until_refused(url: str) -> None:
+    """Wait until new connections to ``url`` are refused: the listener has closed."""
+    async with asyncio.timeout(WAIT):
+        while True:
+            try:
+                await get_status(url + "/_gateway/healthz")
+            except aiohttp.ClientConnectorError:
+                return
+            await asyncio.sleep(0.02)
+
+
+def assert_stopped_in_order(gateway: GatewayProcess) -> None:
+    names = gateway.event_names()
+    assert "gateway.stopping" in names, gateway.describe()
+    assert names[-1] == "gateway.stopped", gateway.describe()
+    assert gateway.stderr == ""  # no traceback, no KeyboardInterrupt
+
+
+@pytest.mark.parametrize("signum", SIGNALS)
+async def test_signal_drains_then_lets_the_request_in_flight_finish(
+    signum: signal.Signals, sim_url: tuple[Simulator, str], start: Start
+) -> None:
+    """During the drain readiness is 503 and health 200 on new connections; then the listener
+    closes, the request in flight when the signal came still gets its 201, and the process
+    exits 0 having logged gateway.stopping, that request, and gateway.stopped."""
+    sim, _ = sim_url
+    sim.faults = [Fault("delay", path="/v1/messages", delay=SLOW)]
+    gateway = await start(GATEWAY_SHUTDOWN_DRAIN=str(DRAIN), GATEWAY_SHUTDOWN_GRACE="5")
+    async with in_background(post_message(gateway.url)) as slow:
+        await until_seen(sim, "/v1/messages")
+        gateway.send_signal(signum)
+        await until_not_ready(gateway.url)
+        assert await get_status(gateway.url + "/_gateway/healthz") == 200
+        await until_refused(gateway.url)
+        assert not slow.done()  # the listener closed while the request was in flight
+        assert await asyncio.wait_for(slow, WAIT) == 201
+        assert await gateway.wait(WAIT) == 0
+    assert_stopped_in_order(gateway)
+    after_stopping = gateway.events[gateway.event_names().index("gateway.stopping") :]
+    assert [
+        e["status"]
+        for e in after_stopping
+        if e["event"] == "request.completed" and e["path"] == "/v1/messages"
+    ] == [201]
+
+
+@pytest.mark.parametrize(
+    ("signum", "grace"),
+    [
+        pytest.param(signal.SIGTERM, 0.5, id="SIGTERM"),
+        pytest.param(signal.SIGINT, 0.5, id="SIGINT"),
+        # 0 means no grace at all (aiohttp's own shutdown timeout reads 0 as "wait forever").
+        pytest.param(signal.SIGTERM, 0.0, id="SIGTERM-no-grace"),
+    ],
+)
+async def test_request_slower_than_the_grace_period_is_cut(
+    signum: signal.Signals, grace: float, sim_url: tuple[Simulator, str], start: Start
+) -> None:
+    """A request still running when the grace period ends gets a closed connection, not a hang,
+    and the process exits 0 right after the grace period."""
+    sim, _ = sim_url
+    sim.faults = [Fault("delay", path="/v1/messages", delay=HELD)]
+    gateway = await start(GATEWAY_SHUTDOWN_DRAIN="0", GATEWAY_SHUTDOWN_GRACE=str(grace))
+    loop = asyncio.get_running_loop()
+    async with in_background(post_message(gateway.url)) as slow:
+        await until_seen(sim, "/v1/messages")
+        signalled = loop.time()
+        gateway.send_signal(signum)
+        with pytest.raises(aiohttp.ClientError):
+            await asyncio.wait_for(slow, WAIT)
+        assert await gateway.wait(WAIT) == 0
+        assert loop.time() - signalled < grace + 2.0
+    assert_stopped_in_order(gateway)
+    assert [e["count"] for e in gateway.named("gateway.requests_cut")] == [1]
+    completed = [e for e in gateway.named("request.completed") if e["path"] == "/v1/messages"]
+    assert [e["failure"] for e in completed] == ["cancelled"]
+
+
+async def test_idle_keepalive_connections_do_not_hold_up_the_exit(start: Start) -> None:
+    """With nothing in flight the gateway exits at once, long grace period and open keep-alive
+    connections notwithstanding."""
+    gateway = await start(GATEWAY_SHUTDOWN_DRAIN="0", GATEWAY_SHUTDOWN_GRACE="30")
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT)) as session:
+        for _ in range(2):  # the second request reuses the kept-alive connection
+            async with session.post(gateway.url + "/v1/messages", json=MESSAGE) as response:
+                assert response.status == 201
+                await response.read()
+        signalled = loop.time()
+        gateway.send_signal(signal.SIGTERM)
+        assert await gateway.wait(WAIT) == 0
+        assert loop.time() - signalled < 2.0
+    assert_stopped_in_order(gateway)
+    assert not gateway.named("gateway.requests_cut")
