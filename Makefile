@@ -19,7 +19,9 @@ run: $(STAMP)
 demo: run
 
 test: lint
+	@rm -f .coverage .coverage.*
 	$(BIN)/coverage run -m pytest
+	$(BIN)/coverage combine --quiet
 	$(BIN)/coverage report
 
 lint: $(STAMP)
