@@ -16,21 +16,28 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from .access import Exchange, completed
 from .config import Config
-from .errors import BadRequest, BodyTooLarge, GatewayError, MethodNotAllowed, NotFound
-from .forward import Exchange, Forwarder
+from .errors import (
+    BadRequest,
+    BodyTooLarge,
+    GatewayError,
+    MethodNotAllowed,
+    NotFound,
+    Overloaded,
+    UriTooLong,
+)
+from .forward import Forwarder
 from .headers import REQUEST_ID, request_id
 from .local import client_login, client_logout, health, readiness
+from .log import log_crash
 from .metrics import Metrics
 from .policy import Action, decide
 from .tokens import Clock, SystemClock, TokenPool
 from .webapp import Webapp
 
-log = structlog.get_logger("gateway.access")
-
 # nginx's status for a request whose client went away before the answer.
 CLIENT_CLOSED = 499
-MAX_LOGGED_PATH = 512
 
 
 class InFlight:
@@ -81,7 +88,9 @@ def create_app(
     metrics = Metrics()
     webapp = Webapp(config, clock)
     pool = TokenPool(webapp.login, config.tokens, metrics, clock, rng or random.Random())
-    metrics.watch_token_expiry(lambda: pool.seconds_left(webapp.account))
+    # Read at scrape time, from the one place each value lives.
+    metrics.token_expiry.set_function(lambda: pool.seconds_left(webapp.account))
+    metrics.login_breaker.set_function(lambda: pool.breaker(webapp.account).value)
     forwarder = Forwarder(webapp, pool, metrics, config.server, config.webapp.api_key)
     gateway = Gateway(config, clock, webapp, pool, metrics, forwarder)
     metrics.in_flight.set_function(lambda: gateway.in_flight.count)
@@ -107,6 +116,14 @@ async def _webapp_lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 async def _proxy(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
+    limits = gateway.config.server
+    if gateway.in_flight.count > limits.max_concurrent:
+        raise Overloaded(
+            f"The gateway is handling {limits.max_concurrent} requests already; retry shortly.",
+            retry_after=1,
+        )
+    if len(request.raw_path) > limits.max_url:
+        raise UriTooLong(f"The request target is longer than {limits.max_url} bytes.")
     target = decide(request.method, request.raw_path)
     request[EXCHANGE].path = target.path
     if target.action is Action.LOGIN:
@@ -172,21 +189,13 @@ def _observe(gateway: Gateway) -> Middleware:
             status = response.status
             return response
         finally:
-            elapsed = time.perf_counter() - exchange.started
-            metrics.count_request(request.method, status, elapsed)
-            log.info(
-                "request.completed",
+            completed(
+                metrics,
+                exchange,
                 method=request.method,
-                path=exchange.path or request.raw_path.partition("?")[0][:MAX_LOGGED_PATH],
+                raw_path=request.raw_path,
                 status=status,
-                duration_ms=round(elapsed * 1000, 2),
-                upstream_ms=round(exchange.upstream_ms, 2),
-                request_id=exchange.request_id,
                 client=request.remote,
-                retried=exchange.retried,
-                bytes_in=exchange.bytes_in,
-                bytes_out=exchange.bytes_out,
-                failure=exchange.failure,
             )
 
     return observe
@@ -206,8 +215,8 @@ async def _answer(request: web.Request, handler: Handler, exchange: Exchange) ->
         exchange.failure = "client_disconnected"
         response = _error_response(BadRequest("The client closed the connection."))
         response.set_status(CLIENT_CLOSED)
-    except Exception:
-        log.exception("request.crashed")
+    except Exception as exc:
+        log_crash("request.crashed", exc)
         response = _error_response(GatewayError("The gateway failed unexpectedly; see its log."))
     if not response.prepared:  # answered here, not streamed from the Webapp
         response.headers[REQUEST_ID] = exchange.request_id

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import BodyTooLarge
+from .errors import BodyTooLarge, RequestTimeout
 
 # Disk I/O goes through a worker thread; batching keeps the thread hops few.
 _IO_CHUNK = 256 * 1024
@@ -44,26 +44,37 @@ class ReplayableBody:
         max_size: int,
         memory_limit: int,
         spool_dir: Path | None,
+        idle_timeout: float,
     ) -> ReplayableBody:
-        """Read the whole body from ``chunks``; :class:`BodyTooLarge` beyond ``max_size``."""
+        """Read the whole body from ``chunks``: :class:`BodyTooLarge` beyond ``max_size``,
+        :class:`RequestTimeout` when no chunk came for ``idle_timeout`` seconds."""
+        loop = asyncio.get_running_loop()
         held: list[bytes] = []
         held_size = size = 0
         file: BinaryIO | None = None
         try:
-            async for chunk in chunks:
-                size += len(chunk)
-                if size > max_size:
-                    raise BodyTooLarge(_too_large(max_size))
-                held.append(chunk)
-                held_size += len(chunk)
-                if file is None and size > memory_limit:
-                    file = await asyncio.to_thread(_spool_file, spool_dir)
-                if file is not None and held_size >= _IO_CHUNK:
-                    await asyncio.to_thread(file.writelines, held)
-                    held, held_size = [], 0
+            async with asyncio.timeout(loop.time() + idle_timeout) as deadline:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > max_size:
+                        raise BodyTooLarge(_too_large(max_size))
+                    held.append(chunk)
+                    held_size += len(chunk)
+                    if file is None and size > memory_limit:
+                        file = await asyncio.to_thread(_spool_file, spool_dir)
+                    if file is not None and held_size >= _IO_CHUNK:
+                        await asyncio.to_thread(file.writelines, held)
+                        held, held_size = [], 0
+                    deadline.reschedule(loop.time() + idle_timeout)
             if file is not None:
                 await asyncio.to_thread(_finish, file, held)
                 return cls(b"", file, size)
+        except TimeoutError:
+            if file is not None:
+                file.close()
+            raise RequestTimeout(
+                f"The request body stalled: nothing arrived for {idle_timeout} s."
+            ) from None
         except BaseException:
             if file is not None:
                 file.close()

@@ -79,11 +79,19 @@ class ServerConfig:
 
     listen: Address
     upstream_timeout: float
+    upstream_idle_timeout: float
     connect_timeout: float
     upstream_connections: int
+    max_concurrent: int
     max_body: int
     body_memory: int
     spool_dir: Path | None
+    max_url: int
+    max_header: int
+    max_headers: int
+    client_idle_timeout: float
+    client_body_timeout: float
+    client_send_timeout: float
     shutdown_drain: float
     shutdown_grace: float
     log_level: str
@@ -370,11 +378,19 @@ SETTINGS: tuple[Setting[object], ...] = (
     Setting("webapp", "tls_verify", "WA_TLS_VERIFY", _bool, True),
     Setting("server", "listen", "GATEWAY_LISTEN", _listen, Address("127.0.0.1", 8080)),
     Setting("server", "upstream_timeout", "GATEWAY_UPSTREAM_TIMEOUT", _seconds, 60.0),
+    Setting("server", "upstream_idle_timeout", "GATEWAY_UPSTREAM_IDLE_TIMEOUT", _seconds, 60.0),
     Setting("server", "connect_timeout", "GATEWAY_CONNECT_TIMEOUT", _seconds, 10.0),
     Setting("server", "upstream_connections", "GATEWAY_UPSTREAM_CONNECTIONS", _count, 100),
+    Setting("server", "max_concurrent", "GATEWAY_MAX_CONCURRENT", _count, 1000),
     Setting("server", "max_body", "GATEWAY_MAX_BODY", _size, 100 << 20),
     Setting("server", "body_memory", "GATEWAY_BODY_MEMORY", _size, 1 << 20),
     Setting("server", "spool_dir", "GATEWAY_SPOOL_DIR", _directory, None),
+    Setting("server", "max_url", "GATEWAY_MAX_URL", _size, 8 << 10),
+    Setting("server", "max_header", "GATEWAY_MAX_HEADER", _size, 8 << 10),
+    Setting("server", "max_headers", "GATEWAY_MAX_HEADERS", _count, 100),
+    Setting("server", "client_idle_timeout", "GATEWAY_CLIENT_IDLE_TIMEOUT", _seconds, 30.0),
+    Setting("server", "client_body_timeout", "GATEWAY_CLIENT_BODY_TIMEOUT", _seconds, 30.0),
+    Setting("server", "client_send_timeout", "GATEWAY_CLIENT_SEND_TIMEOUT", _seconds, 60.0),
     Setting("server", "shutdown_drain", "GATEWAY_SHUTDOWN_DRAIN", _seconds_or_zero, 0.0),
     Setting("server", "shutdown_grace", "GATEWAY_SHUTDOWN_GRACE", _seconds_or_zero, 30.0),
     Setting("server", "log_level", "GATEWAY_LOG_LEVEL", _log_level, "info"),

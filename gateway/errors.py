@@ -9,9 +9,13 @@ requests the gateway refuses, and requests for which it could not get an answer,
     │   ├── Forbidden           403  1005 Access denied
     │   ├── NotFound            404  1006 Not found
     │   ├── MethodNotAllowed    405  1025 Invalid request
-    │   └── BodyTooLarge        413  1009 Invalid parameter
+    │   ├── RequestTimeout      408  1025 Invalid request
+    │   ├── BodyTooLarge        413  1009 Invalid parameter
+    │   ├── UriTooLong          414  1025 Invalid request
+    │   └── HeadersTooLarge     431  1025 Invalid request
     └── Unavailable             no answer from the Webapp (5xx)
         ├── WebappUnreachable   502  1014 Internal error
+        ├── Overloaded          503  1016 System overloaded (with Retry-After)
         ├── TokenUnavailable    503  1011 Service not ready (with Retry-After)
         └── WebappTimeout       504  1014 Internal error
 """
@@ -85,10 +89,28 @@ class MethodNotAllowed(Refused):
     title = "Invalid request"
 
 
+class RequestTimeout(Refused):
+    status = 408
+    code = 1025
+    title = "Invalid request"
+
+
 class BodyTooLarge(Refused):
     status = 413
     code = 1009
     title = "Invalid parameter"
+
+
+class UriTooLong(Refused):
+    status = 414
+    code = 1025
+    title = "Invalid request"
+
+
+class HeadersTooLarge(Refused):
+    status = 431
+    code = 1025
+    title = "Invalid request"
 
 
 class Unavailable(GatewayError):
@@ -99,6 +121,12 @@ class WebappUnreachable(Unavailable):
     status = 502
     code = 1014
     title = "Internal error"
+
+
+class Overloaded(Unavailable):
+    status = 503
+    code = 1016
+    title = "System overloaded"
 
 
 class TokenUnavailable(Unavailable):

@@ -9,18 +9,20 @@ resends an idempotent request once when a pooled keep-alive connection turns out
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 
+from .access import Exchange
 from .body import ReplayableBody, check_declared_size
 from .config import ServerConfig
-from .errors import GatewayError
+from .errors import BadRequest, GatewayError
 from .headers import downstream_headers, upstream_headers
 from .metrics import Metrics
 from .policy import Action, Target
@@ -31,20 +33,6 @@ from .webapp import Webapp, translate
 log = structlog.get_logger("gateway.forward")
 
 _NO_BODY = ReplayableBody(b"", None, 0)
-
-
-@dataclass(eq=False)
-class Exchange:
-    """What the access log line tells about one request; filled in as the request goes."""
-
-    request_id: str
-    started: float
-    path: str | None = None  # the normalised path, once the policy has passed the request
-    upstream_ms: float = 0.0
-    retried: bool = False
-    bytes_in: int = 0
-    bytes_out: int = 0
-    failure: str | None = None  # why an answer was cut short, if it was
 
 
 @dataclass(frozen=True)
@@ -95,12 +83,16 @@ class Forwarder:
     async def _receive(self, request: web.Request) -> ReplayableBody:
         if not request.body_exists:
             return _NO_BODY
-        return await ReplayableBody.receive(
-            request.content.iter_any(),
-            max_size=self.server.max_body,
-            memory_limit=self.server.body_memory,
-            spool_dir=self.server.spool_dir,
-        )
+        try:
+            return await ReplayableBody.receive(
+                request.content.iter_any(),
+                max_size=self.server.max_body,
+                memory_limit=self.server.body_memory,
+                spool_dir=self.server.spool_dir,
+                idle_timeout=self.server.client_body_timeout,
+            )
+        except HttpProcessingError:  # a broken chunked encoding, say
+            raise BadRequest("The request body is not validly framed.") from None
 
     async def _replacement(self, rejected: Token) -> Token:
         self.pool.invalidate(self.webapp.account, rejected)
@@ -143,37 +135,41 @@ class Forwarder:
             reason=answer.reason,
             headers=downstream_headers(answer.headers, request_id=exchange.request_id),
         )
+        limits = self.server
+        loop = asyncio.get_running_loop()
+        waiting_for = "client"
         try:
-            await response.prepare(request)
-            async for chunk in _chunks(answer):
-                await response.write(chunk)
-                exchange.bytes_out += len(chunk)
-        except _AnswerBroke as broke:
-            # The status line is gone already: a broken connection is the only honest signal left.
-            self.metrics.upstream_errors.labels(broke.kind).inc()
-            exchange.failure = f"upstream_{broke.kind}"
-            request.protocol.force_close()
-        except ConnectionError:  # the client hung up; aiohttp's reset errors are ConnectionErrors
-            exchange.failure = "client_disconnected"
+            # One deadline, moved before every wait: the Webapp may stay silent for
+            # upstream_idle_timeout, the client may stop reading for client_send_timeout.
+            async with asyncio.timeout(loop.time() + limits.client_send_timeout) as deadline:
+                await response.prepare(request)
+                while True:
+                    waiting_for = "webapp"
+                    deadline.reschedule(loop.time() + limits.upstream_idle_timeout)
+                    chunk = await answer.content.readany()
+                    if not chunk:
+                        break
+                    waiting_for = "client"
+                    deadline.reschedule(loop.time() + limits.client_send_timeout)
+                    await response.write(chunk)
+                    exchange.bytes_out += len(chunk)
+        except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
+            self._broken(request, exchange, waiting_for, exc)
         finally:
             answer.release()
         return response
 
-
-class _AnswerBroke(Exception):
-    """The Webapp's answer stopped before its end."""
-
-    def __init__(self, kind: str) -> None:
-        super().__init__(kind)
-        self.kind = kind
-
-
-async def _chunks(answer: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    # Told apart here from the client's failures, which are ConnectionErrors (and ClientErrors) too.
-    try:
-        async for chunk in answer.content.iter_any():
-            yield chunk
-    except aiohttp.ClientPayloadError as exc:
-        raise _AnswerBroke("cut") from exc
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise _AnswerBroke(translate(exc).kind) from exc
+    def _broken(
+        self, request: web.Request, exchange: Exchange, waiting_for: str, exc: BaseException
+    ) -> None:
+        if waiting_for == "webapp":
+            cut = isinstance(exc, aiohttp.ClientPayloadError)
+            kind = "cut" if cut else translate(exc).kind
+            self.metrics.upstream_errors.labels(kind).inc()
+            exchange.failure = f"upstream_{kind}"
+        elif isinstance(exc, TimeoutError):
+            exchange.failure = "client_send_timeout"
+        else:
+            exchange.failure = "client_disconnected"
+        # The status line is gone already: a broken connection is the only honest signal left.
+        request.protocol.force_close()

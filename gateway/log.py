@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import traceback
 from collections.abc import Mapping
 from typing import TextIO
 
@@ -139,3 +140,15 @@ def configure_logging(level: str, stream: TextIO | None = None, *, cache: bool =
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(number)
+
+
+def log_crash(event: str, exc: BaseException) -> None:
+    """Log an unexpected exception by its type and the places it passed, not by its message.
+
+    A message can hold anything, a bare token included, which no redaction could recognise.
+    """
+    frames = [
+        f"{frame.filename}:{frame.lineno} in {frame.name}"
+        for frame in traceback.extract_tb(exc.__traceback__)
+    ]
+    structlog.get_logger("gateway").error(event, error=type(exc).__qualname__, frames=frames)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import generate_latest
 
 # The format generate_latest() writes. Not prometheus_client's CONTENT_TYPE_LATEST, which in current
@@ -72,16 +72,25 @@ class Metrics:
             "Seconds until the pooled token expires (0 when the gateway holds none).",
             registry=registry,
         )
+        self.login_breaker = Gauge(
+            "wa_gateway_login_breaker_state",
+            "The login circuit breaker: 0 closed, 1 half-open, 2 open.",
+            registry=registry,
+        )
+        tasks = Gauge(
+            "wa_gateway_asyncio_tasks",
+            "asyncio tasks alive in the gateway's event loop (a leak shows as growth).",
+            registry=registry,
+        )
+        tasks.set_function(lambda: len(asyncio.all_tasks()))
+        # process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total, ...
+        ProcessCollector(registry=registry)
 
     def count_request(self, method: str, status: int, seconds: float) -> None:
         """Record one answered request."""
         label = method if method in KNOWN_METHODS else "other"
         self.requests.labels(label, str(status)).inc()
         self.request_seconds.observe(seconds)
-
-    def watch_token_expiry(self, seconds_left: Callable[[], float]) -> None:
-        """Read the token expiry from the pool at scrape time."""
-        self.token_expiry.set_function(seconds_left)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""

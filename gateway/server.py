@@ -22,6 +22,7 @@ from aiohttp import web
 
 from .app import GATEWAY, InFlight
 from .config import Address, Config
+from .protocol import GatewayRunner
 
 log = structlog.get_logger("gateway.server")
 
@@ -53,7 +54,7 @@ async def serve(
     try:
         # handler_cancellation: like nginx (proxy_ignore_client_abort off), a request whose client
         # hangs up stops at once and frees its Webapp connection and spool file.
-        runner = web.AppRunner(
+        runner = GatewayRunner(
             app, access_log=None, shutdown_timeout=_CUT_WAIT, handler_cancellation=True
         )
         await runner.setup()

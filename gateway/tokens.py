@@ -39,6 +39,7 @@ from cachetools import TLRUCache
 
 from .config import TokenConfig
 from .errors import TokenUnavailable
+from .log import log_crash
 from .metrics import Metrics
 from .secret import Secret
 
@@ -346,7 +347,7 @@ class TokenPool:
             )
             return self._failed(slot, failure, sent_at)
         except Exception as exc:  # a bug must not leave the pool without a retry schedule
-            log.exception("token.login_crashed")
+            log_crash("token.login_crashed", exc)
             return self._failed(
                 slot, LoginFailed(f"The login crashed: {type(exc).__name__}."), sent_at
             )

@@ -174,11 +174,10 @@ class Webapp:
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
+            # Only the connect phase is timed here: send() times the wait for the response
+            # headers, the relay the silences within the body, the token pool each login.
             timeout=aiohttp.ClientTimeout(
-                total=None,
-                connect=server.upstream_timeout,  # includes waiting for a free pooled connection
-                sock_connect=server.connect_timeout,
-                sock_read=server.upstream_timeout,
+                total=None, connect=None, sock_connect=server.connect_timeout, sock_read=None
             ),
             auto_decompress=False,  # bytes pass through exactly as the Webapp sent them
             cookie_jar=aiohttp.DummyCookieJar(),  # one client's cookies must not reach another
@@ -211,9 +210,11 @@ class Webapp:
         """
         url = URL(self._base + path_qs, encoded=True)
         try:
-            return await self.session.request(
-                method, url, headers=headers, data=body, allow_redirects=False
-            )
+            # From sending (a wait for a pooled connection included) to the response headers.
+            async with asyncio.timeout(self.config.server.upstream_timeout):
+                return await self.session.request(
+                    method, url, headers=headers, data=body, allow_redirects=False
+                )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise translate(exc) from exc
 

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.app import GATEWAY, Gateway, create_app
 from gateway.config import Config, load_config
 from gateway.log import configure_logging
+from gateway.protocol import GatewayRunner
 from gateway.simulator import Simulator
 
 PASSWORD = "Gateway-pass-1!"
@@ -60,6 +61,13 @@ def logs() -> Logs:
     captured = Logs()
     configure_logging("debug", captured.stream, cache=False)
     return captured
+
+
+class GatewayTestServer(TestServer):
+    """A test server that runs the app the way ``wa-gateway serve`` does (GatewayRunner)."""
+
+    async def _make_runner(self, **kwargs: Any) -> GatewayRunner:
+        return GatewayRunner(self.app, **kwargs)
 
 
 @dataclass
@@ -109,7 +117,7 @@ def make_rig(aiohttp_server: Any, aiohttp_client: Any, logs: Logs) -> MakeRig:
             sim = Simulator(**options)
         webapp = await aiohttp_server(sim.make_app())
         config = gateway_config(str(webapp.make_url("")), **(env or {}))
-        client = await aiohttp_client(create_app(config))
+        client = await aiohttp_client(GatewayTestServer(create_app(config)))
         return Rig(sim, webapp, client, config, logs)
 
     return make

@@ -44,7 +44,7 @@ def open_files(directory: Path) -> int:
 
 async def test_a_small_body_stays_in_memory(tmp_path: Path) -> None:
     body = await ReplayableBody.receive(
-        chunks(1000), max_size=10_000, memory_limit=4096, spool_dir=tmp_path
+        chunks(1000), max_size=10_000, memory_limit=4096, spool_dir=tmp_path, idle_timeout=5
     )
     assert not body.spooled
     assert body.size == 1000
@@ -55,7 +55,7 @@ async def test_a_small_body_stays_in_memory(tmp_path: Path) -> None:
 async def test_a_large_body_is_spooled_and_can_be_sent_several_times(tmp_path: Path) -> None:
     total = 3 * 1024 * 1024 + 17
     body = await ReplayableBody.receive(
-        chunks(total), max_size=10 << 20, memory_limit=1 << 20, spool_dir=tmp_path
+        chunks(total), max_size=10 << 20, memory_limit=1 << 20, spool_dir=tmp_path, idle_timeout=5
     )
     assert body.spooled
     assert body.size == total
@@ -71,7 +71,11 @@ async def test_a_large_body_is_spooled_and_can_be_sent_several_times(tmp_path: P
 async def test_a_body_over_the_limit_is_refused_and_its_spool_released(tmp_path: Path) -> None:
     with pytest.raises(BodyTooLarge) as raised:
         await ReplayableBody.receive(
-            chunks(5 << 20), max_size=4 << 20, memory_limit=1 << 20, spool_dir=tmp_path
+            chunks(5 << 20),
+            max_size=4 << 20,
+            memory_limit=1 << 20,
+            spool_dir=tmp_path,
+            idle_timeout=5,
         )
     assert raised.value.status == 413
     assert open_files(tmp_path) == 0
@@ -79,7 +83,7 @@ async def test_a_body_over_the_limit_is_refused_and_its_spool_released(tmp_path:
 
 async def test_a_body_exactly_at_the_limit_is_accepted(tmp_path: Path) -> None:
     body = await ReplayableBody.receive(
-        chunks(4096), max_size=4096, memory_limit=1024, spool_dir=tmp_path
+        chunks(4096), max_size=4096, memory_limit=1024, spool_dir=tmp_path, idle_timeout=5
     )
     assert body.size == 4096
     body.close()
@@ -93,7 +97,7 @@ async def test_a_client_that_hangs_up_mid_body_leaves_no_spool(tmp_path: Path) -
 
     with pytest.raises(ConnectionResetError):
         await ReplayableBody.receive(
-            broken(), max_size=10 << 20, memory_limit=1 << 20, spool_dir=tmp_path
+            broken(), max_size=10 << 20, memory_limit=1 << 20, spool_dir=tmp_path, idle_timeout=5
         )
     assert open_files(tmp_path) == 0
 

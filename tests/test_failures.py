@@ -49,8 +49,11 @@ async def test_a_silent_webapp_gives_504_after_the_timeout(make_rig: MakeRig) ->
 
 
 async def test_a_slow_but_talking_webapp_is_not_timed_out(make_rig: MakeRig) -> None:
-    """The timeout is for silence: a body that keeps trickling in is fine."""
-    rig = await warmed(make_rig, GATEWAY_UPSTREAM_TIMEOUT="0.5")
+    """The body timeout is for silence: a body that keeps trickling in for longer than either
+    timeout is fine, and the first-byte timeout ends with the headers."""
+    rig = await warmed(
+        make_rig, GATEWAY_UPSTREAM_TIMEOUT="0.3", GATEWAY_UPSTREAM_IDLE_TIMEOUT="0.5"
+    )
     rig.sim.faults = [Fault("trickle", path="/v1/messages", delay=0.1)]
     async with rig.client.post("/v1/messages", json=MESSAGE) as response:
         assert response.status == 200
@@ -117,7 +120,7 @@ async def test_a_download_cut_short_reaches_the_client_as_broken(rig: Rig) -> No
 async def test_a_download_that_stalls_midway_reaches_the_client_as_broken(
     make_rig: MakeRig,
 ) -> None:
-    rig = await warmed(make_rig, GATEWAY_UPSTREAM_TIMEOUT="0.3")
+    rig = await warmed(make_rig, GATEWAY_UPSTREAM_IDLE_TIMEOUT="0.3")
     rig.sim.faults = [Fault("trickle", path="/v1/media/x", delay=1.0)]
     async with rig.client.get("/v1/media/x") as response:
         with pytest.raises(aiohttp.ClientPayloadError):

@@ -113,11 +113,11 @@ async def test_methods_outside_the_known_set_count_as_other(rig: Rig) -> None:
     for method in ("PROPFIND", "PURGE"):  # methods the HTTP parser knows and the gateway does not
         assert await call(rig, method, "/v1/settings/application") == 404  # the Webapp's answer
     assert await call(rig, "TRACE", "/v1/messages") == 405
-    # aiohttp's parser refuses a method it does not know before the gateway sees the request.
+    # aiohttp's parser refuses a method it does not know; the gateway answers and counts it.
     refused = await rawhttp.request("127.0.0.1", rig.client.port, "FOO /v1/messages HTTP/1.1")
     assert refused.status == 400
     scraped = await scrape(rig)
-    assert requests(scraped) == {("other", "404"): 2, ("other", "405"): 1}
+    assert requests(scraped) == {("other", "404"): 2, ("other", "405"): 1, ("other", "400"): 1}
 
 
 async def test_a_replay_is_counted_with_its_login(rig: Rig) -> None:
@@ -205,3 +205,24 @@ async def test_in_flight_counts_requests_being_handled_and_returns_to_zero(rig: 
     after = await scrape(rig)
     assert after("wa_gateway_requests_in_flight") == 1  # the scrape alone
     await until(lambda: in_flight(rig) == 0)
+
+
+async def test_the_login_breaker_state_and_process_health_are_exported(make_rig: MakeRig) -> None:
+    rig = await make_rig(
+        env={
+            "WA_PASSWORD": "Wrong-pass-1!",
+            "GATEWAY_LOGIN_BREAKER_THRESHOLD": "2",
+            "GATEWAY_LOGIN_BACKOFF_INITIAL": "0.01",
+            "GATEWAY_LOGIN_BACKOFF_MAX": "30",
+        }
+    )
+    scraped = await scrape(rig)
+    assert scraped("wa_gateway_login_breaker_state") == 0
+    # Open once two logins failed in a row, for the backoff after each further failure.
+    async with asyncio.timeout(10):
+        while (scraped := await scrape(rig))("wa_gateway_login_breaker_state") != 2:
+            await asyncio.sleep(0.01)
+    assert rig.sim.login_attempts >= 2
+    assert scraped("wa_gateway_asyncio_tasks") >= 2  # the refresher and this scrape at least
+    assert scraped("process_open_fds") > 0
+    assert scraped("process_resident_memory_bytes") > 0

@@ -1,0 +1,59 @@
+"""The record of one request and its canonical access event (one per request, always)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from .metrics import Metrics
+
+log = structlog.get_logger("gateway.access")
+
+MAX_LOGGED_PATH = 512
+
+
+@dataclass(eq=False)
+class Exchange:
+    """What the access event tells about one request; filled in as the request goes."""
+
+    request_id: str
+    started: float
+    path: str | None = None  # the normalised path, once the policy has passed the request
+    upstream_ms: float = 0.0
+    retried: bool = False
+    bytes_in: int = 0
+    bytes_out: int = 0
+    failure: str | None = None  # why the answer was cut short or refused, when it was
+
+
+def completed(
+    metrics: Metrics,
+    exchange: Exchange,
+    *,
+    method: str | None,
+    raw_path: str | None,
+    status: int,
+    client: str | None,
+) -> None:
+    """Count the request and write its ``request.completed`` event."""
+    elapsed = time.perf_counter() - exchange.started
+    metrics.count_request(method or "other", status, elapsed)
+    path = exchange.path
+    if path is None and raw_path is not None:  # refused before it was normalised: log it raw
+        path = raw_path.partition("?")[0][:MAX_LOGGED_PATH]
+    log.info(
+        "request.completed",
+        method=method,
+        path=path,
+        status=status,
+        duration_ms=round(elapsed * 1000, 2),
+        upstream_ms=round(exchange.upstream_ms, 2),
+        request_id=exchange.request_id,
+        client=client,
+        retried=exchange.retried,
+        bytes_in=exchange.bytes_in,
+        bytes_out=exchange.bytes_out,
+        failure=exchange.failure,
+    )

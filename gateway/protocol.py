@@ -1,0 +1,127 @@
+"""The listener's HTTP layer: its limits, and the answer to requests aiohttp's parser refuses.
+
+aiohttp answers a request it cannot parse with a plain-text 400 that quotes the offending line (a
+client's own ``Authorization`` included) and logs a traceback at ERROR for each one, which any
+client can use to flood the log. :class:`GatewayRunner` serves the app through connections that
+answer such requests the gateway's way instead: the Webapp's error format, an ``X-Request-ID``,
+414 for a request line and 431 for a header field or too many headers, one access event and the
+request metric, and no echo of what the client sent.
+
+The line limit aiohttp applies is set one above both the URL and the header limits, so that which
+limit a ``LineTooLong`` hit tells a request line (414) from a header field (431). URLs between the
+gateway's limit and that one are refused by the app itself (414 too).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, cast
+
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+
+from .access import Exchange, completed
+from .app import GATEWAY, Gateway
+from .config import ServerConfig
+from .errors import BadRequest, GatewayError, HeadersTooLarge, UriTooLong
+from .headers import REQUEST_ID, request_id
+from .log import log_crash
+
+JSON = "application/json"
+
+
+def handler_args(server: ServerConfig) -> dict[str, Any]:
+    """aiohttp's per-connection settings for this configuration."""
+    return {
+        "max_line_size": line_limit(server),
+        "max_field_size": server.max_header,
+        "max_headers": server.max_headers,
+        # Closes a connection that has no complete request for this long: idle keep-alive
+        # connections, and clients that send their headers too slowly (slowloris).
+        "keepalive_timeout": server.client_idle_timeout,
+    }
+
+
+def line_limit(server: ServerConfig) -> int:
+    """The request-line limit given to aiohttp: distinct from the header limit by construction."""
+    return max(server.max_url, server.max_header) + 1
+
+
+def refusal(exc: BaseException | None, status: int, server: ServerConfig) -> GatewayError:
+    """The gateway error for a request aiohttp could not parse (``status`` is aiohttp's)."""
+    if isinstance(exc, LineTooLong):
+        if exc.args[1] == line_limit(server):
+            return UriTooLong(f"The request line is longer than {server.max_url} bytes.")
+        return HeadersTooLarge(f"A header field is longer than {server.max_header} bytes.")
+    if isinstance(exc, BadHttpMessage) and "Too many headers" in exc.message:
+        return HeadersTooLarge(f"The request has more than {server.max_headers} header fields.")
+    if isinstance(exc, BadHttpMessage) or status < 500:
+        return BadRequest(f"The request is not valid HTTP/1.1 ({type(exc).__name__}).")
+    return GatewayError("The gateway failed unexpectedly; see its log.")
+
+
+class _Protocol(RequestHandler):
+    """A connection whose parse errors are answered in the gateway's format."""
+
+    __slots__ = ("_gateway",)
+
+    def __init__(self, manager: web.Server, gateway: Gateway, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._gateway = gateway
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # as aiohttp: too late for an answer, just close
+            raise ConnectionError("the response had started already")
+        exchange = Exchange(request_id(None), time.perf_counter())
+        error = refusal(exc, status, self._gateway.config.server)
+        response = web.Response(
+            body=error.body(), status=error.status, content_type=JSON, headers=error.headers()
+        )
+        response.headers[REQUEST_ID] = exchange.request_id
+        response.force_close()
+        exchange.bytes_out = response.content_length or 0
+        exchange.failure = f"unparsable: {type(exc).__name__}"
+        # The method and path are unknown: the parser gave up before or while reading them.
+        completed(
+            self._gateway.metrics,
+            exchange,
+            method=None,
+            raw_path=None,
+            status=error.status,
+            client=request.remote,
+        )
+        if exc is not None and not isinstance(exc, BadHttpMessage):  # a bug, not a client error
+            log_crash("request.crashed", exc)
+        return response
+
+
+class _Server(web.Server):
+    """aiohttp's low-level server, making :class:`_Protocol` connections."""
+
+    gateway: Gateway
+
+    def __call__(self) -> RequestHandler:
+        return _Protocol(self, self.gateway, loop=self._loop, **self._kwargs)
+
+
+class GatewayRunner(web.AppRunner):
+    """An ``AppRunner`` for the gateway app, with the gateway's limits and parse-error answers."""
+
+    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+        server = app[GATEWAY].config.server
+        super().__init__(app, **handler_args(server), **kwargs)
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # The same object with the same state; only the connections it makes differ.
+        server.__class__ = _Server
+        gateway_server = cast(_Server, server)
+        gateway_server.gateway = self.app[GATEWAY]
+        return gateway_server
