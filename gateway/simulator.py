@@ -6,7 +6,10 @@ The gateway's tests and ``wa-gateway demo`` run against it. It owns:
 - the Webapp's answers, shaped as in ``wa-api.md`` (``meta`` on every body, ``errors`` arrays);
 - records and counters of what reached it (``seen``, ``login_attempts``, ``logins``, ...);
 - fault injection: a script of login faults and path-matched request faults (statuses, resets,
-  cut bodies, stalls, trickles, delays).
+  cut bodies, stalls, trickles, delays), and ``restarted()``, the state a restarted Webapp has.
+
+A ``HEAD`` request gets the headers its ``GET`` would get and never a body byte, faults included:
+aiohttp sends whatever a ``StreamResponse`` writes, even in answer to ``HEAD``.
 
 Everything that waits (hangs, stalls, delays) ends when the client hangs up or the app shuts
 down, so a test's teardown never waits out aiohttp's shutdown timeout.
@@ -19,6 +22,7 @@ import base64
 import binascii
 import collections
 import contextlib
+import copy
 import hashlib
 import hmac
 import json
@@ -112,7 +116,13 @@ def synthetic_media_sha256(size: int) -> str:
 
 @dataclass(frozen=True)
 class Seen:
-    """One request that reached the simulator, as it arrived."""
+    """One request that reached the simulator, as it arrived.
+
+    ``body_size`` (the body bytes the simulator read) and ``status`` (the status it answered
+    with) are filled in when the request ends; ``status`` stays None while the request is
+    handled, and for good when the simulator hung up (or the client went away) before a status
+    line went out.
+    """
 
     method: str
     path_qs: str
@@ -121,6 +131,7 @@ class Seen:
     request_id: str | None
     headers: Mapping[str, str]
     body_size: int = 0
+    status: int | None = None
 
 
 @dataclass(frozen=True)
@@ -178,6 +189,7 @@ class _Exchange:
 
     record: Seen
     body_size: int = 0
+    status: int | None = None
     user: str | None = None
     token: str = ""  # the bearer token that authenticated the request, if one did
 
@@ -301,6 +313,11 @@ def _hang_up(request: web.Request) -> web.StreamResponse:
 def _client_gone(request: web.Request) -> bool:
     transport = request.transport
     return transport is None or transport.is_closing()
+
+
+def _bodiless(request: web.Request) -> bool:
+    """Whether the answer may have no body: a StreamResponse sends what it writes, even to HEAD."""
+    return request.method == hdrs.METH_HEAD
 
 
 async def _body_chunks(request: web.Request) -> AsyncGenerator[bytes, None]:
@@ -448,6 +465,29 @@ class Simulator:
             media.sha256 = synthetic_media_sha256(media.size)
         return media.size, media.sha256
 
+    def restarted(self) -> Simulator:
+        """A new simulator in the state this Webapp has after a restart, to serve on its port.
+
+        The accounts (with their passwords), the options and the application settings survive;
+        tokens, faults, delays, counters and the media registry do not (files in a ``media_dir``
+        stay on disk, unknown to the new simulator), so every token issued before the restart
+        gets 401 from the new one.
+        """
+        successor = Simulator(
+            username=self.username,
+            password=self.password,
+            password_change_required=self.password_change_required,
+            api_key=self.api_key,
+            token_lifetime=self.token_lifetime,
+            logout_revokes=self.logout_revokes,
+            clock_skew=self.clock_skew,
+            media_dir=None if self._media_dir is None else str(self._media_dir),
+            max_media_size=self.max_media_size,
+        )
+        successor.users = dict(self.users)
+        successor.application_settings = copy.deepcopy(self.application_settings)
+        return successor
+
     def close(self) -> None:
         """Remove the temporary media directory, if the simulator created one."""
         if self._temp_media_dir is not None:
@@ -508,9 +548,12 @@ class Simulator:
         request[_EXCHANGE] = exchange
         self._in_flight += 1
         try:
-            response = await self._dispatch(request, handler, exchange, is_login=is_login)
-        except _ApiError as error:
-            response = error.response()
+            try:
+                response = await self._dispatch(request, handler, exchange, is_login=is_login)
+            except _ApiError as error:
+                response = error.response()
+            if response.prepared or not _client_gone(request):
+                exchange.status = response.status
         finally:
             self._in_flight -= 1
             self._settle(exchange)
@@ -532,13 +575,14 @@ class Simulator:
         return record
 
     def _settle(self, exchange: _Exchange) -> None:
-        """Put the number of body bytes read into the request's (frozen) record."""
-        if exchange.body_size == 0:
+        """Put the body bytes read and the status answered into the request's (frozen) record."""
+        if exchange.body_size == 0 and exchange.status is None:
             return
+        settled = replace(exchange.record, body_size=exchange.body_size, status=exchange.status)
         # Searched by identity: a test may have cleared or trimmed `seen` meanwhile.
         for index in range(len(self.seen) - 1, -1, -1):
             if self.seen[index] is exchange.record:
-                self.seen[index] = replace(exchange.record, body_size=exchange.body_size)
+                self.seen[index] = settled
                 return
 
     async def _dispatch(
@@ -606,8 +650,9 @@ class Simulator:
         response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: "application/octet-stream"})
         response.content_length = _CUT_DECLARED
         await response.prepare(request)
-        with contextlib.suppress(ConnectionError):
-            await response.write(b"x" * _CUT_SENT)
+        if not _bodiless(request):  # a HEAD answer has no body to cut: headers, then hang up
+            with contextlib.suppress(ConnectionError):
+                await response.write(b"x" * _CUT_SENT)
         _hang_up(request)
         return response
 
@@ -615,6 +660,8 @@ class Simulator:
         response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: "application/json"})
         response.content_length = len(_TRICKLE_BODY)
         await response.prepare(request)
+        if _bodiless(request):
+            return response  # a HEAD answer has no body to trickle
         for index in range(len(_TRICKLE_BODY)):
             # Nothing awaits between a pause that saw the client and the write, so a write
             # cannot find the connection closed.
@@ -891,7 +938,7 @@ class Simulator:
         response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: media.content_type})
         response.content_length = media.size
         await response.prepare(request)
-        if request.method == "HEAD":  # aiohttp sends what a StreamResponse writes, even to HEAD
+        if _bodiless(request):
             return response
         try:
             for chunk in synthetic_media_bytes(media.size):

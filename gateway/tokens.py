@@ -19,6 +19,8 @@
   login, so a Webapp that answers 401 to everything meets the same backoff instead of a login per
   request. After ``breaker_threshold`` failures in a row the login circuit breaker is open until
   the backoff ends, then half-open for one trial login; its state shows in readiness and metrics.
+  Each trial logs in and checks the new token with ``check_fn``, so the pool recovers without
+  traffic (which a gateway whose readiness says 503 does not get).
 """
 
 from __future__ import annotations
@@ -134,6 +136,8 @@ class Breaker(Enum):
 
 
 LoginFn = Callable[[Account], Awaitable[Grant]]
+# Whether the Webapp accepts a token (any answer but 401); raises when it cannot tell.
+CheckFn = Callable[[Account, "Token"], Awaitable[bool]]
 
 
 @dataclass(frozen=True)
@@ -195,6 +199,7 @@ class TokenPool:
     metrics: Metrics
     clock: Clock = field(default_factory=SystemClock)
     rng: random.Random = field(default_factory=random.Random)
+    check_fn: CheckFn | None = None
     maxsize: int = 64
 
     def __post_init__(self) -> None:
@@ -335,6 +340,16 @@ class TokenPool:
         return slot.login
 
     async def _login(self, slot: _Slot, reason: str) -> Token | LoginFailed:
+        try:
+            outcome = await self._obtain(slot, reason)
+            if isinstance(outcome, Token) and reason == "recheck":
+                await self._check(slot, outcome)
+            return outcome
+        finally:
+            slot.login = None
+            self._wake.set()
+
+    async def _obtain(self, slot: _Slot, reason: str) -> Token | LoginFailed:
         sent_at = self.clock.monotonic()
         try:
             async with asyncio.timeout(self.config.login_timeout):
@@ -351,9 +366,6 @@ class TokenPool:
             return self._failed(
                 slot, LoginFailed(f"The login crashed: {type(exc).__name__}."), sent_at
             )
-        finally:
-            slot.login = None
-            self._wake.set()
         slot.generation += 1
         token = Token(
             value=grant.token,
@@ -379,11 +391,28 @@ class TokenPool:
         )
         return token
 
+    async def _check(self, slot: _Slot, token: Token) -> None:
+        """Ask the Webapp whether it accepts ``token`` now, so that a gateway taken out of
+        rotation by its readiness (which no request then reaches) finds out by itself."""
+        if self.check_fn is None:
+            return
+        try:
+            async with asyncio.timeout(self.config.login_timeout):
+                accepted = await self.check_fn(slot.account, token)
+        except Exception as exc:  # TimeoutError and the Webapp's failures alike: try again later
+            failure = TokenRejected(
+                f"Token {token.fingerprint} could not be checked ({type(exc).__name__})."
+            )
+            self._failed(slot, failure, self.clock.monotonic())
+            return
+        self.report(slot.account, token, accepted=accepted)
+
     def _failed(self, slot: _Slot, failure: LoginFailed, sent_at: float) -> LoginFailed:
         slot.failures += 1
         slot.last_failure = failure
         delay = backoff_delay(slot.failures, self.config, self.rng)
         slot.retry_at = self.clock.monotonic() + delay
+        self._wake.set()  # the background task retries at the new time
         self.metrics.logins.labels(failure.kind).inc()
         log.warning(
             "token.login_failed",
@@ -402,6 +431,8 @@ class TokenPool:
         token = self._tokens.get(slot.account)
         if token is None:
             return slot.retry_at, "missing"
+        if isinstance(slot.last_failure, TokenRejected):
+            return slot.retry_at, "recheck"  # a fresh token, checked before readiness returns
         return max(token.refresh_at, slot.retry_at), "refresh"
 
     def _schedule(self, now: float) -> Iterator[float]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import hashlib
 import io
 import logging
@@ -25,11 +26,14 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 from gateway.simulator import (
     SIMULATOR,
     Fault,
+    FaultKind,
     LoginFault,
     Simulator,
     synthetic_media_bytes,
     synthetic_media_sha256,
 )
+
+from . import rawhttp
 
 Client = TestClient[Any, Any] | aiohttp.ClientSession
 META = {"version": "v2.45.1", "api_status": "stable"}
@@ -507,6 +511,64 @@ async def test_unknown_paths_are_404_with_errors(client: Client) -> None:
         assert resp.status == 404, path
 
 
+async def raw_answer(client: Client, method: str, path: str, token: str) -> rawhttp.RawResponse:
+    """One request on a connection of its own, read until the simulator closes it: every byte
+    the simulator sent is in the answer, whatever its headers declared."""
+    assert isinstance(client, TestClient)
+    assert client.port is not None
+    lines = [f"{method} {path} HTTP/1.1", "Host: sim", f"Authorization: Bearer {token}"]
+    data = "\r\n".join([*lines, "Connection: close", "", ""]).encode()
+    return rawhttp.parse(await rawhttp.exchange("127.0.0.1", client.port, data))
+
+
+def get_paths(app: web.Application, values: dict[str, list[str]]) -> list[str]:
+    """A path for every GET route of ``app``, each placeholder filled in with each of ``values``."""
+    paths = []
+    for route in app.router.routes():
+        if route.method == "GET" and route.resource is not None:
+            template = route.resource.canonical
+            filled = [template]
+            for placeholder, options in values.items():
+                if placeholder in template:
+                    filled = [template.replace(placeholder, option) for option in options]
+            assert all("{" not in path for path in filled), f"fill in the placeholder of {template}"
+            paths += filled
+    return paths
+
+
+@pytest.mark.parametrize("fault", [None, "cut_body", "trickle", "delay", "status"])
+async def test_head_gets_the_headers_of_get_and_no_body_on_every_get_route(
+    sim: Simulator, client: Client, fault: FaultKind | None
+) -> None:
+    """aiohttp sends whatever a StreamResponse writes, even to HEAD: no route and no fault may
+    write a body byte in answer to HEAD (a keep-alive client would read it as the next answer)."""
+    assert isinstance(client, TestClient)
+    assert client.app is not None
+    token = await login(client)
+    uploaded = await client.post("/v1/media", headers=bearer(token), data=b"abc")
+    media = [sim.add_media(5000), (await uploaded.json())["media"][0]["id"], "unknown"]
+    paths = get_paths(client.app, {"{name}": ["admin"], "{id}": media})
+    paths += ["/metrics?format=prometheus", "/nowhere"]  # the catch-all route answers HEAD too
+    assert len(paths) == 11
+    for path in paths:
+        answers = {}
+        for method in ("HEAD", "GET"):
+            if fault is not None:
+                sim.faults = [Fault(fault, path=path.partition("?")[0], delay=0.001)]
+            answers[method] = await raw_answer(client, method, path, token)
+        head, get = answers["HEAD"], answers["GET"]
+        assert head.body == b"", (path, fault)
+        assert head.status == get.status, path
+        assert head.headers.get("content-type") == get.headers.get("content-type"), path
+        if fault in {"cut_body", "trickle"}:
+            assert head.headers["content-length"] == get.headers["content-length"], path
+            assert get.body in {b"x" * 1000, b'{"meta":1}'}, path
+    # The status each HEAD was answered with is on its record.
+    expected = {"cut_body": {200}, "trickle": {200}, "status": {500}}.get(fault or "", {200, 404})
+    assert sorted(s.path_qs for s in sim.seen if s.method == "HEAD") == sorted(paths)
+    assert {s.status for s in sim.seen if s.method == "HEAD"} == expected
+
+
 # --- media -------------------------------------------------------------------------------
 
 
@@ -647,6 +709,81 @@ async def test_body_size_lands_on_its_own_record(
     sizes = [(s.path_qs, s.body_size) for s in sim.seen]
     expected = [("/v1/messages", len(b'{"to": "1"}')), ("/nowhere", 0)]
     assert sizes == (expected[1:] if clear else [("/v1/users/login", 0), *expected])
+
+
+async def test_seen_records_the_status_answered_or_none_for_a_hang_up(
+    sim: Simulator, client: Client
+) -> None:
+    auth = bearer(await login(client))
+    sim.faults = [
+        Fault("delay", path="/v1/contacts", delay=0.2),
+        Fault("reset_before", path="/v1/media"),
+        Fault("cut_body", path="/v1/health"),
+    ]
+    held = asyncio.create_task(client.post("/v1/contacts", headers=auth, json={"contacts": []}))
+    await eventually(lambda: bool(sim.seen_on("/v1/contacts")))
+    assert sim.seen_on("/v1/contacts")[0].status is None  # still being handled
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await client.post("/v1/media", headers=auth, data=b"abc", timeout=SHORT)
+    cut = await client.get("/v1/health", headers=auth, timeout=SHORT)
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await cut.read()
+    assert (await client.post("/v1/messages", json={"to": "1"})).status == 401
+    assert (await asyncio.wait_for(held, 2)).status == 200
+    statuses = [(s.path_qs, s.status) for s in sim.seen]
+    assert statuses == [
+        ("/v1/users/login", 200),
+        ("/v1/contacts", 200),
+        ("/v1/media", None),  # hung up: no status line went out
+        ("/v1/health", 200),  # the status line went out before the body was cut
+        ("/v1/messages", 401),
+    ]
+
+
+async def test_a_client_that_hangs_up_is_recorded_without_a_status(
+    sim: Simulator, served: aiohttp.ClientSession
+) -> None:
+    sim.faults.append(Fault("delay", delay=30))
+    with pytest.raises(TimeoutError):
+        await served.get("/v1/health", timeout=SHORT)
+    await settled(sim)
+    assert [s.status for s in sim.seen] == [None]
+
+
+async def test_a_restarted_simulator_keeps_accounts_and_settings_only(
+    sim: Simulator, client: Client, aiohttp_client: AiohttpClient, tmp_path: Path
+) -> None:
+    old_token = await login(client, new_password=STRONG)
+    sim.users["bob"] = "Bob-pass-1!"
+    sim.application_settings["webhooks"] = {"url": "https://hooks.example"}
+    sim.faults.append(Fault("status"))
+    sim.login_script.append(LoginFault("empty"))
+    sim.login_delay, sim.reject_all_tokens = 1.0, True
+    media_id = sim.add_media(10)
+    successor = sim.restarted()
+    forgotten = (successor.faults, successor.login_script, successor.login_delay, successor.tokens)
+    assert forgotten == ([], collections.deque(), 0.0, {})
+    assert not successor.reject_all_tokens
+    assert successor.users == {"admin": STRONG, "bob": "Bob-pass-1!"}
+    assert (successor.api_key, successor.password_change_required) == ("k" * 20, False)
+    assert successor.application_settings == sim.application_settings
+    successor.application_settings["webhooks"]["url"] = "changed"  # type: ignore[index]
+    successor.users["carol"] = "Carol-pass-1!"
+    assert sim.application_settings["webhooks"] == {"url": "https://hooks.example"}
+    assert "carol" not in sim.users
+    restarted = await aiohttp_client(successor.make_app())
+    assert (await restarted.get("/v1/health", headers=bearer(old_token))).status == 401
+    new_token = await login(restarted, STRONG)
+    assert (await restarted.get("/v1/stats/db", headers=bearer(new_token))).status == 200
+    assert (successor.login_attempts, successor.logins, successor.unauthorized_count()) == (1, 1, 1)
+    assert (await restarted.get(f"/v1/media/{media_id}", headers=bearer(new_token))).status == 404
+    # A media directory survives a restart with what is in it.
+    stored = Simulator(password_change_required=False, media_dir=str(tmp_path)).restarted()
+    stored_client = await aiohttp_client(stored.make_app())
+    resp = await stored_client.post(
+        "/v1/media", headers=bearer(await login(stored_client)), data=b"x"
+    )
+    assert (tmp_path / (await resp.json())["media"][0]["id"]).exists()
 
 
 # --- login faults ------------------------------------------------------------------------

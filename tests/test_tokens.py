@@ -22,6 +22,7 @@ from gateway.tokens import (
     PasswordChangeRequired,
     Readiness,
     SystemClock,
+    Token,
     TokenPool,
     WebappUnavailable,
     backoff_delay,
@@ -417,3 +418,52 @@ async def test_the_login_task_does_not_inherit_the_callers_log_context(
     with structlog.contextvars.bound_contextvars(request_id="caller-1"):
         await pool.token(ACCOUNT)
     assert seen == [None]
+
+
+async def test_after_refused_tokens_the_pool_checks_a_fresh_one_by_itself() -> None:
+    """Readiness 503 takes a gateway out of rotation, so no request would ever show that the
+    Webapp accepts tokens again: the background task logs in and checks the token itself."""
+    logins = Logins()
+    verdicts = [False, True]  # the Webapp refuses the first checked token, accepts the second
+
+    async def check(account: Account, token: Token) -> bool:
+        return verdicts.pop(0)
+
+    config = replace(CONFIG, backoff_initial=0.02, backoff_max=0.05)
+    pool = TokenPool(logins, config, Metrics(), SystemClock(), check_fn=check)
+    pool.start([ACCOUNT])
+    try:
+        token = await pool.token(ACCOUNT)
+        pool.report(ACCOUNT, token, accepted=False)  # a request's replay was refused
+        assert not pool.readiness(ACCOUNT).ready
+        async with asyncio.timeout(5):
+            while not pool.readiness(ACCOUNT).ready:
+                await asyncio.sleep(0.01)
+    finally:
+        await pool.close()
+    assert verdicts == []
+    assert logins.calls == 3  # the first token, one refused on its check, one accepted
+
+
+async def test_a_check_that_cannot_tell_keeps_the_pool_backing_off() -> None:
+    logins = Logins()
+    checks = 0
+
+    async def check(account: Account, token: Token) -> bool:
+        nonlocal checks
+        checks += 1
+        raise ConnectionResetError("Webapp gone")
+
+    config = replace(CONFIG, backoff_initial=0.02, backoff_max=0.05)
+    pool = TokenPool(logins, config, Metrics(), SystemClock(), check_fn=check)
+    pool.start([ACCOUNT])
+    try:
+        pool.report(ACCOUNT, await pool.token(ACCOUNT), accepted=False)
+        async with asyncio.timeout(5):
+            while checks < 3:
+                await asyncio.sleep(0.01)
+        readiness = pool.readiness(ACCOUNT)
+    finally:
+        await pool.close()
+    assert not readiness.ready
+    assert "could not be checked (ConnectionResetError)" in readiness.reason
