@@ -47,6 +47,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             return 0
         config = load_config(args.config, environ)
         if args.command == "check-config":
+            for warning in config.warnings:
+                print(f"wa-gateway: warning: {warning}", file=sys.stderr)
             print("\n".join(describe(config)).rstrip())
             return 0
         configure_logging(config.server.log_level)

@@ -7,6 +7,19 @@ never echoing a secret. The result is a tree of frozen dataclasses.
 An environment variable set to the empty string counts as unset (as shells and compose files
 produce them); in the file, a setting is unset by leaving it out. ``password_file`` wins over
 ``password`` wherever each comes from: when it is given, the password is neither read nor checked.
+
+Files that hold secrets (``password_file``, ``tls_key_file``) are judged by their mode bits: one
+*writable* by every user is refused, since anyone could change the password the gateway sends (the
+password file is judged so again at every login). One *readable* by every user only earns a
+warning in :attr:`Config.warnings`: Docker mounts secrets 0444 and Kubernetes secret volumes are
+0644 by default, world-readable inside a container where no other user exists, and refusing them
+would break the two most common ways to hand the gateway its password. ``check-config`` prints
+the warnings, ``serve`` logs them. Turning TLS verification off earns a warning too.
+
+The gateway's own listener speaks TLS when both ``tls_cert_file`` and ``tls_key_file`` are set
+(one alone is a problem); the pair is loaded here already, so a key that does not match its
+certificate stops the gateway before it starts, and :func:`listener_ssl_context` loads it again
+the same way for :func:`~gateway.server.serve`.
 """
 
 from __future__ import annotations
@@ -17,6 +30,7 @@ import math
 import os
 import re
 import ssl
+import stat
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -78,6 +92,8 @@ class ServerConfig:
     """The gateway's own listener, limits and timeouts."""
 
     listen: Address
+    tls_cert_file: Path | None
+    tls_key_file: Path | None
     upstream_timeout: float
     upstream_idle_timeout: float
     connect_timeout: float
@@ -111,11 +127,12 @@ class TokenConfig:
 
 @dataclass(frozen=True)
 class Config:
-    """The whole, checked configuration."""
+    """The whole, checked configuration, and what is worth a warning in it (one line each)."""
 
     webapp: WebappConfig
     server: ServerConfig
     tokens: TokenConfig
+    warnings: tuple[str, ...] = ()
 
 
 # --- parsers: each takes what TOML or the environment gave and returns the typed value -----------
@@ -170,6 +187,9 @@ def read_password_file(path: Path) -> Secret:
     """
     try:
         with path.open("rb") as file:
+            _refuse_world_writable(
+                os.fstat(file.fileno()).st_mode, "the password the gateway sends"
+            )
             data = file.read(_MAX_PASSWORD_FILE + 1)
     except OSError as exc:
         raise Invalid(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
@@ -189,6 +209,26 @@ def _password_file(value: object) -> Path:
     path = Path(_nonempty(value))
     read_password_file(path)
     return path
+
+
+def _refuse_world_writable(mode: int, what: str) -> None:
+    # Devices and pipes (/dev/stdin, <(...)) have modes that say nothing about who may edit them.
+    if stat.S_ISREG(mode) and mode & stat.S_IWOTH:
+        raise Invalid(
+            f"is writable by every user (mode {stat.S_IMODE(mode):04o}), so anyone could change "
+            f"{what}; chmod 600 it"
+        )
+
+
+def _world_readable(path: Path) -> str | None:
+    """Why the secret file at ``path`` deserves a warning (every user may read it), or None."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None  # reported as a problem already, or gone since; nothing to warn about
+    if not stat.S_ISREG(mode) or not mode & stat.S_IROTH:
+        return None
+    return f"is readable by every user (mode {stat.S_IMODE(mode):04o}); chmod 600 it"
 
 
 def _api_key(value: object) -> Secret:
@@ -319,13 +359,80 @@ def _readable_file(value: object) -> Path:
     return path
 
 
-def _ca_file(value: object) -> Path:
-    path = _readable_file(value)
+def _holds_certificates(path: Path) -> bool:
     try:
         ssl.create_default_context(cafile=str(path))
     except (ssl.SSLError, OSError):
-        raise Invalid("holds no PEM CA certificate") from None
+        return False
+    return True
+
+
+def _ca_file(value: object) -> Path:
+    path = _readable_file(value)
+    if not _holds_certificates(path):
+        raise Invalid("holds no PEM CA certificate")
     return path
+
+
+def _certificate_file(value: object) -> Path:
+    path = _readable_file(value)
+    if not _holds_certificates(path):
+        raise Invalid("holds no PEM certificate")
+    return path
+
+
+def _key_file(value: object) -> Path:
+    path = Path(_nonempty(value))
+    try:
+        with path.open("rb") as file:
+            mode = os.fstat(file.fileno()).st_mode
+    except OSError as exc:
+        raise Invalid(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
+    _refuse_world_writable(mode, "the key the gateway's listener uses")
+    return path
+
+
+class _Encrypted(Exception):
+    """The private key asks for a passphrase."""
+
+
+def _no_passphrase() -> bytes:
+    # Without a callback OpenSSL would prompt on the terminal, and a service would hang there.
+    raise _Encrypted
+
+
+def listener_ssl_context(server: ServerConfig) -> ssl.SSLContext | None:
+    """The TLS context of the gateway's own listener, or None when it speaks plain HTTP.
+
+    Raises :class:`ConfigError` (one line, the key never echoed) when the pair does not load.
+    """
+    if server.tls_cert_file is None or server.tls_key_file is None:
+        return None
+    try:
+        return _load_pair(server.tls_cert_file, server.tls_key_file)
+    except Invalid as exc:
+        raise ConfigError([f"{_BY_KEY['server', 'tls_key_file'].name}: {exc}"]) from None
+
+
+def _load_pair(cert_file: Path, key_file: Path) -> ssl.SSLContext:
+    # Python's defaults for a server: TLS 1.2 at least, no compression, strong ciphers.
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert_file, key_file, password=_no_passphrase)
+    except _Encrypted:
+        raise Invalid(
+            "holds an encrypted private key; give the gateway an unencrypted one"
+        ) from None
+    except ssl.SSLError as exc:
+        # OpenSSL's reason is a fixed name such as KEY_VALUES_MISMATCH, never the key itself.
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise Invalid(
+                "is not the private key of the certificate in GATEWAY_TLS_CERT_FILE"
+            ) from None
+        raise Invalid("holds no PEM private key") from None
+    except OSError as exc:
+        raise Invalid(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
+    return context
 
 
 def _directory(value: object) -> Path:
@@ -377,6 +484,8 @@ SETTINGS: tuple[Setting[object], ...] = (
     Setting("webapp", "ca_file", "WA_CA_FILE", _ca_file, None),
     Setting("webapp", "tls_verify", "WA_TLS_VERIFY", _bool, True),
     Setting("server", "listen", "GATEWAY_LISTEN", _listen, Address("127.0.0.1", 8080)),
+    Setting("server", "tls_cert_file", "GATEWAY_TLS_CERT_FILE", _certificate_file, None),
+    Setting("server", "tls_key_file", "GATEWAY_TLS_KEY_FILE", _key_file, None),
     Setting("server", "upstream_timeout", "GATEWAY_UPSTREAM_TIMEOUT", _seconds, 60.0),
     Setting("server", "upstream_idle_timeout", "GATEWAY_UPSTREAM_IDLE_TIMEOUT", _seconds, 60.0),
     Setting("server", "connect_timeout", "GATEWAY_CONNECT_TIMEOUT", _seconds, 10.0),
@@ -443,6 +552,7 @@ def load_config(path: str | Path | None, environ: Mapping[str, str]) -> Config:
         webapp=WebappConfig(**values["webapp"]),  # type: ignore[arg-type]
         server=ServerConfig(**values["server"]),  # type: ignore[arg-type]
         tokens=TokenConfig(**values["tokens"]),  # type: ignore[arg-type]
+        warnings=tuple(_warnings(values)),
     )
 
 
@@ -454,9 +564,10 @@ def _raw(setting: Setting[object], environ: Mapping[str, str], document: _Docume
 def _relations(values: Mapping[str, Mapping[str, object]]) -> Iterator[str]:
     """Problems between settings that are fine one by one."""
     # A setting that failed to parse is missing from ``values``; its problem is reported already.
-    webapp, tokens = values["webapp"], values["tokens"]
+    webapp, server, tokens = values["webapp"], values["server"], values["tokens"]
     if webapp.get("password", "") is None and webapp.get("password_file", "") is None:
         yield "WA_PASSWORD or WA_PASSWORD_FILE: one of them is required"
+    yield from _listener_tls(server)
     before, jitter = tokens.get("refresh_before"), tokens.get("refresh_jitter")
     if isinstance(before, float) and isinstance(jitter, float) and before + jitter >= 1:
         yield (
@@ -468,6 +579,38 @@ def _relations(values: Mapping[str, Mapping[str, object]]) -> Iterator[str]:
         yield (
             "GATEWAY_LOGIN_BACKOFF_INITIAL (tokens.backoff_initial): "
             "must not be above GATEWAY_LOGIN_BACKOFF_MAX (tokens.backoff_max)"
+        )
+
+
+def _listener_tls(server: Mapping[str, object]) -> Iterator[str]:
+    """The listener's certificate and key: both or neither, and a pair that loads."""
+    cert_setting = _BY_KEY["server", "tls_cert_file"]
+    key_setting = _BY_KEY["server", "tls_key_file"]
+    cert, key = server.get("tls_cert_file", ""), server.get("tls_key_file", "")
+    if cert is None and isinstance(key, Path):
+        yield f"{cert_setting.name}: is required when {key_setting.env} is set (both or neither)"
+    elif key is None and isinstance(cert, Path):
+        yield f"{key_setting.name}: is required when {cert_setting.env} is set (both or neither)"
+    elif isinstance(cert, Path) and isinstance(key, Path):
+        try:
+            _load_pair(cert, key)
+        except Invalid as exc:
+            yield f"{key_setting.name}: {exc}"
+
+
+def _warnings(values: Mapping[str, Mapping[str, object]]) -> Iterator[str]:
+    """Settings that work but deserve a warning, one line each (only called without problems)."""
+    webapp = values["webapp"]
+    for section, key in (("webapp", "password_file"), ("server", "tls_key_file")):
+        path = values[section][key]
+        if isinstance(path, Path) and (warning := _world_readable(path)):
+            yield f"{_BY_KEY[section, key].name}: {warning}"
+    url = webapp["url"]
+    if isinstance(url, URL) and url.scheme == "https" and webapp["tls_verify"] is False:
+        yield (
+            f"{_BY_KEY['webapp', 'tls_verify'].name}: is false, so the Webapp's certificate is "
+            "not checked and whoever can intercept the connection gets the password; "
+            "set WA_CA_FILE to the Webapp's CA instead"
         )
 
 

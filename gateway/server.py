@@ -1,5 +1,8 @@
 """Running the app on a socket until SIGTERM or SIGINT, then shutting down in order.
 
+The socket speaks TLS when the configuration names a certificate and key (``server.tls_*``); the
+configuration's warnings are logged once at the start, as ``config.warning`` events.
+
 Shutdown: readiness turns 503 at once; the listener stays open for ``shutdown_drain`` seconds so
 that load balancers notice; then it closes, requests in flight get up to ``shutdown_grace``
 seconds to finish, those still running are cut (cancelled, their connections closed), and only
@@ -15,13 +18,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import ssl
 from collections.abc import Callable
 
 import structlog
 from aiohttp import web
 
 from .app import GATEWAY, InFlight
-from .config import Address, Config
+from .config import Address, Config, listener_ssl_context
 from .protocol import GatewayRunner
 
 log = structlog.get_logger("gateway.server")
@@ -45,8 +49,15 @@ async def serve(
     stop: asyncio.Event | None = None,
     on_started: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve ``app`` on ``config.server.listen`` until a stop signal (or ``stop`` is set)."""
+    """Serve ``app`` on ``config.server.listen`` until a stop signal (or ``stop`` is set).
+
+    Raises :class:`~gateway.config.ConfigError` when the listener's TLS files no longer load, and
+    :class:`ListenError` when the socket cannot be opened.
+    """
     server = config.server
+    for warning in config.warnings:
+        log.warning("config.warning", detail=warning)
+    tls = listener_ssl_context(server)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in STOP_SIGNALS:
@@ -59,7 +70,7 @@ async def serve(
         )
         await runner.setup()
         try:
-            url = await _listen(runner, server.listen)
+            url = await _listen(runner, server.listen, tls)
             log.info("gateway.started", url=url, webapp=str(config.webapp.url))
             if on_started is not None:
                 on_started(url)
@@ -81,15 +92,16 @@ async def serve(
     log.info("gateway.stopped")
 
 
-async def _listen(runner: web.AppRunner, address: Address) -> str:
-    """Open the listening socket; return the URL it answers on."""
-    site = web.TCPSite(runner, address.host, address.port, backlog=1024)
+async def _listen(runner: web.AppRunner, address: Address, tls: ssl.SSLContext | None) -> str:
+    """Open the listening socket (with TLS if ``tls`` is given); return the URL it answers on."""
+    site = web.TCPSite(runner, address.host, address.port, backlog=1024, ssl_context=tls)
     try:
         await site.start()
     except OSError as exc:
         raise ListenError(f"cannot listen on {address}: {exc.strerror}") from None
     host, port = runner.addresses[0][:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    scheme = "http" if tls is None else "https"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 async def _close_listener(runner: web.AppRunner) -> None:

@@ -29,10 +29,12 @@ from .tokens import (
     InvalidLoginAnswer,
     PasswordChangeRequired,
     SystemClock,
+    Token,
     WebappUnavailable,
 )
 
 LOGIN_PATH = "/v1/users/login"
+CHECK_PATH = "/v1/health"
 PASSWORD_CHANGE_REQUIRED = 1024
 # A login answer is a few hundred bytes; anything much larger is not one.
 MAX_LOGIN_ANSWER = 64 * 1024
@@ -141,8 +143,12 @@ def translate(exc: BaseException) -> GatewayError:
     if isinstance(exc, TimeoutError):  # aiohttp's timeouts are TimeoutErrors too
         return WebappTimeout("The Webapp did not answer in time.", kind="timeout")
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return WebappUnreachable(_certificate_refusal(exc.certificate_error), kind="tls")
+    if isinstance(exc, aiohttp.ClientSSLError):
         return WebappUnreachable(
-            "The Webapp's TLS certificate was not accepted: set WA_CA_FILE to its CA.", kind="tls"
+            f"The TLS handshake with the Webapp failed ({_ssl_reason(exc)}): check that "
+            "WA_WEBAPP_URL names the Webapp's HTTPS port.",
+            kind="tls",
         )
     if isinstance(exc, aiohttp.ClientConnectorError):
         return WebappUnreachable("The gateway cannot connect to the Webapp.", kind="connect")
@@ -153,6 +159,30 @@ def translate(exc: BaseException) -> GatewayError:
     return WebappUnreachable(
         "The Webapp closed the connection before answering.", kind="disconnected"
     )
+
+
+# OpenSSL's verification results that a CA file cannot fix (X509_V_ERR_*).
+_CERT_NOT_YET_VALID, _CERT_HAS_EXPIRED = 9, 10
+_HOSTNAME_MISMATCH, _IP_ADDRESS_MISMATCH = 62, 64
+
+
+def _certificate_refusal(error: BaseException) -> str:
+    """What was wrong with the Webapp's certificate, and the setting that fixes it."""
+    code = getattr(error, "verify_code", None)
+    # OpenSSL's words (which name at most the host the gateway asked for), or Python's.
+    reason = getattr(error, "verify_message", None) or str(error) or type(error).__name__
+    if code in (_HOSTNAME_MISMATCH, _IP_ADDRESS_MISMATCH):
+        advice = "make WA_WEBAPP_URL name a host the certificate is issued for"
+    elif code in (_CERT_NOT_YET_VALID, _CERT_HAS_EXPIRED):
+        advice = "renew the Webapp's certificate (or correct a clock)"
+    else:
+        advice = "set WA_CA_FILE to the CA certificate that issued it"
+    return f"The Webapp's TLS certificate was not accepted ({reason.rstrip('.')}): {advice}."
+
+
+def _ssl_reason(exc: aiohttp.ClientSSLError) -> str:
+    # ssl.SSLError's reason is OpenSSL's fixed name for the failure, such as WRONG_VERSION_NUMBER.
+    return getattr(exc.os_error, "reason", None) or type(exc.os_error).__name__
 
 
 class Webapp:
@@ -217,6 +247,13 @@ class Webapp:
                 )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise translate(exc) from exc
+
+    async def check(self, account: Account, token: Token) -> bool:
+        """Whether the Webapp accepts ``token``: anything but 401 to ``GET /v1/health`` (the
+        cheapest call that needs one). Raises when the Webapp gives no answer."""
+        headers = {"Authorization": f"Bearer {token.value.reveal()}"}
+        async with self.session.get(self._base + CHECK_PATH, headers=headers) as response:
+            return response.status != 401
 
     async def login(self, account: Account) -> Grant:
         """Log in as ``account`` with Basic auth; raise :class:`LoginFailed` naming the cause."""

@@ -14,8 +14,12 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
+import trustme
+from pytest_aiohttp import AiohttpServer
 
 from gateway import __version__
+
+from .processes import serve_gateway, start_simulator
 
 REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "Cli-Webapp-pass-1!"
@@ -111,6 +115,124 @@ def test_check_config_accepts_the_example_file(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert_no_leak(result)
+
+
+# --- warnings: one stderr line each, and still exit 0 ---------------------------------------------
+
+
+def secret_file(path: Path, content: str, mode: int) -> Path:
+    path.write_text(content, encoding="utf-8")
+    path.chmod(mode)  # as root too: only the mode bits are judged
+    return path
+
+
+def test_check_config_warns_about_a_password_file_every_user_may_read(tmp_path: Path) -> None:
+    password_file = secret_file(tmp_path / "password", PASSWORD + "\n", 0o644)
+    env = {**BASE, "WA_PASSWORD_FILE": str(password_file)}
+    result = gateway("check-config", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "wa-gateway: warning: WA_PASSWORD_FILE (webapp.password_file): is readable by every "
+        "user (mode 0644); chmod 600 it"
+    ]
+    assert tomllib.loads(result.stdout)["webapp"]["password_file"] == str(password_file)
+    assert_no_leak(result)
+
+
+def test_check_config_is_quiet_about_a_password_file_only_its_owner_may_read(
+    tmp_path: Path,
+) -> None:
+    password_file = secret_file(tmp_path / "password", PASSWORD + "\n", 0o600)
+    result = gateway(
+        "check-config", env={**BASE, "WA_PASSWORD_FILE": str(password_file)}, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
+def test_check_config_refuses_a_password_file_every_user_may_write(tmp_path: Path) -> None:
+    password_file = secret_file(tmp_path / "password", PASSWORD + "\n", 0o666)
+    result = gateway(
+        "check-config", env={**BASE, "WA_PASSWORD_FILE": str(password_file)}, cwd=tmp_path
+    )
+    assert_config_errors(
+        result, "WA_PASSWORD_FILE (webapp.password_file): is writable by every user"
+    )
+
+
+def test_check_config_shows_tls_verification_off_with_a_warning(tmp_path: Path) -> None:
+    env = {**BASE, "WA_WEBAPP_URL": "https://127.0.0.1:9", "WA_TLS_VERIFY": "off"}
+    result = gateway("check-config", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("wa-gateway: warning: WA_TLS_VERIFY (webapp.tls_verify): is false")
+    assert tomllib.loads(result.stdout)["webapp"]["tls_verify"] is False
+
+
+@pytest.fixture
+def listener_cert() -> trustme.LeafCert:
+    return trustme.CA().issue_cert("127.0.0.1")
+
+
+def test_check_config_shows_the_listener_certificate_and_key(
+    tmp_path: Path, listener_cert: trustme.LeafCert
+) -> None:
+    cert = secret_file(
+        tmp_path / "cert.pem", listener_cert.cert_chain_pems[0].bytes().decode(), 0o644
+    )
+    key_pem = listener_cert.private_key_pem.bytes().decode()
+    key = secret_file(tmp_path / "key.pem", key_pem, 0o600)
+    env = {**BASE, "GATEWAY_TLS_CERT_FILE": str(cert), "GATEWAY_TLS_KEY_FILE": str(key)}
+    result = gateway("check-config", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    server = tomllib.loads(result.stdout)["server"]
+    assert (server["tls_cert_file"], server["tls_key_file"]) == (str(cert), str(key))
+    assert key_pem not in result.stdout
+
+
+def test_check_config_refuses_a_listener_key_of_another_certificate_without_echoing_it(
+    tmp_path: Path, listener_cert: trustme.LeafCert
+) -> None:
+    cert = secret_file(
+        tmp_path / "cert.pem", listener_cert.cert_chain_pems[0].bytes().decode(), 0o644
+    )
+    other_key = trustme.CA().issue_cert("127.0.0.1").private_key_pem.bytes().decode()
+    key = secret_file(tmp_path / "key.pem", other_key, 0o600)
+    env = {**BASE, "GATEWAY_TLS_CERT_FILE": str(cert), "GATEWAY_TLS_KEY_FILE": str(key)}
+    result = gateway("check-config", env=env, cwd=tmp_path)
+    assert_config_errors(
+        result, "GATEWAY_TLS_KEY_FILE (server.tls_key_file): is not the private key"
+    )
+    assert "PRIVATE KEY" not in result.stderr
+    assert other_key.splitlines()[1] not in result.stderr
+
+
+def test_check_config_refuses_a_listener_certificate_without_its_key(
+    tmp_path: Path, listener_cert: trustme.LeafCert
+) -> None:
+    cert = secret_file(
+        tmp_path / "cert.pem", listener_cert.cert_chain_pems[0].bytes().decode(), 0o644
+    )
+    result = gateway("check-config", env={**BASE, "GATEWAY_TLS_CERT_FILE": str(cert)}, cwd=tmp_path)
+    assert_config_errors(result, "GATEWAY_TLS_KEY_FILE (server.tls_key_file): is required when")
+
+
+async def test_serve_logs_each_warning_as_a_config_warning_event_and_starts(
+    aiohttp_server: AiohttpServer, tmp_path: Path
+) -> None:
+    _, webapp_url = await start_simulator(aiohttp_server)
+    password_file = secret_file(tmp_path / "password", "Gateway-pass-1!\n", 0o444)
+    async with serve_gateway(webapp_url, tmp_path, WA_PASSWORD_FILE=str(password_file)) as process:
+        [warning] = process.named("config.warning")
+        assert warning["level"] == "warning"
+        assert warning["detail"] == (
+            "WA_PASSWORD_FILE (webapp.password_file): is readable by every user (mode 0444); "
+            "chmod 600 it"
+        )
+        assert process.event_names().index("config.warning") < process.event_names().index(
+            "gateway.started"
+        )
 
 
 # --- bad configuration: exit 2, one line per problem ----------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Iterator
 from dataclasses import fields
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import get_args, get_type_hints
 
 import pytest
+import trustme
+from cryptography.hazmat.primitives import serialization
 
 from gateway.config import (
     REQUIRED,
@@ -19,9 +22,12 @@ from gateway.config import (
     Address,
     Config,
     ConfigError,
+    Invalid,
     Setting,
     describe,
+    listener_ssl_context,
     load_config,
+    read_password_file,
 )
 from gateway.secret import Secret
 
@@ -521,6 +527,82 @@ def test_password_file_content_is_never_echoed(tmp_path: Path) -> None:
     assert "Pass-€-word" not in line
 
 
+# --- who may read or write a secret file ----------------------------------------------------------
+# The suite may run as root, who reads and writes anything: only the mode bits are judged, and
+# os.chmod sets them for root too.
+
+
+def test_password_file_only_its_owner_may_read_gives_no_warning(password_file: Path) -> None:
+    password_file.chmod(0o600)
+    assert load(WA_PASSWORD_FILE=str(password_file)).warnings == ()
+
+
+@pytest.mark.parametrize("mode", [0o400, 0o440, 0o640, 0o660])
+def test_password_file_its_group_may_read_gives_no_warning(password_file: Path, mode: int) -> None:
+    password_file.chmod(mode)
+    assert load(WA_PASSWORD_FILE=str(password_file)).warnings == ()
+
+
+@pytest.mark.parametrize("mode", [0o444, 0o644])  # Docker secrets, Kubernetes secret volumes
+def test_password_file_every_user_may_read_is_accepted_with_a_warning(
+    password_file: Path, mode: int
+) -> None:
+    password_file.chmod(mode)
+    config = load(WA_PASSWORD_FILE=str(password_file))
+    assert config.webapp.password_file == password_file
+    assert config.warnings == (
+        f"WA_PASSWORD_FILE (webapp.password_file): is readable by every user (mode {mode:04o}); "
+        "chmod 600 it",
+    )
+
+
+@pytest.mark.parametrize("mode", [0o602, 0o666, 0o777])
+def test_password_file_every_user_may_write_is_refused(password_file: Path, mode: int) -> None:
+    password_file.chmod(mode)
+    assert problem(WA_PASSWORD_FILE=str(password_file)) == (
+        f"WA_PASSWORD_FILE (webapp.password_file): is writable by every user (mode {mode:04o}), "
+        "so anyone could change the password the gateway sends; chmod 600 it"
+    )
+
+
+def test_password_file_made_writable_by_every_user_later_fails_the_next_login(
+    password_file: Path,
+) -> None:
+    password_file.chmod(0o600)
+    load(WA_PASSWORD_FILE=str(password_file))
+    password_file.chmod(0o666)  # the rule at every login is the rule of the check
+    with pytest.raises(Invalid, match=r"^is writable by every user"):
+        read_password_file(password_file)
+
+
+def test_password_file_that_is_not_a_regular_file_is_not_judged_by_its_mode() -> None:
+    # /dev/null is 0666 like every character device; it fails for holding nothing instead.
+    assert problem(WA_PASSWORD_FILE="/dev/null").endswith(": holds no password")
+
+
+def test_tls_verify_off_for_an_https_webapp_gives_a_warning() -> None:
+    assert load(WA_TLS_VERIFY="false").warnings == (
+        "WA_TLS_VERIFY (webapp.tls_verify): is false, so the Webapp's certificate is not "
+        "checked and whoever can intercept the connection gets the password; set WA_CA_FILE "
+        "to the Webapp's CA instead",
+    )
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"WA_TLS_VERIFY": "true"}, {"WA_TLS_VERIFY": "false", "WA_WEBAPP_URL": "http://webapp:80"}],
+    ids=["verifying", "plain-http"],
+)
+def test_tls_verify_gives_no_warning_when_on_or_without_tls(env: dict[str, str]) -> None:
+    assert load(**env).warnings == ()
+
+
+def test_every_warning_is_reported_at_once(password_file: Path) -> None:
+    password_file.chmod(0o644)
+    warnings = load(WA_PASSWORD_FILE=str(password_file), WA_TLS_VERIFY="no").warnings
+    assert [line.split(" ", 1)[0] for line in warnings] == ["WA_PASSWORD_FILE", "WA_TLS_VERIFY"]
+
+
 # --- files and directories ------------------------------------------------------------------------
 
 
@@ -540,6 +622,155 @@ def test_unreadable_ca_file_is_refused(unreadable: Path) -> None:
     assert problem(WA_CA_FILE=str(unreadable)).startswith(
         "WA_CA_FILE (webapp.ca_file): cannot be read ("
     )
+
+
+# --- TLS on the gateway's own listener ------------------------------------------------------------
+
+
+@pytest.fixture
+def listener_cert() -> trustme.LeafCert:
+    return trustme.CA().issue_cert("127.0.0.1")
+
+
+@pytest.fixture
+def cert_file(tmp_path: Path, listener_cert: trustme.LeafCert) -> Path:
+    path = tmp_path / "cert.pem"
+    listener_cert.cert_chain_pems[0].write_to_path(str(path))
+    return path
+
+
+@pytest.fixture
+def key_file(tmp_path: Path, listener_cert: trustme.LeafCert) -> Path:
+    path = tmp_path / "key.pem"
+    listener_cert.private_key_pem.write_to_path(str(path))
+    path.chmod(0o600)
+    return path
+
+
+def tls_key_problem(cert: Path, key: Path) -> str:
+    line = problem(GATEWAY_TLS_CERT_FILE=str(cert), GATEWAY_TLS_KEY_FILE=str(key))
+    assert "PRIVATE KEY" not in line
+    return line
+
+
+def test_listener_certificate_and_key_that_match_are_accepted(
+    cert_file: Path, key_file: Path
+) -> None:
+    config = load(GATEWAY_TLS_CERT_FILE=str(cert_file), GATEWAY_TLS_KEY_FILE=str(key_file))
+    assert config.server.tls_cert_file == cert_file
+    assert config.server.tls_key_file == key_file
+    assert config.warnings == ()
+    assert isinstance(listener_ssl_context(config.server), ssl.SSLContext)
+    lines = list(describe(config))
+    assert f'tls_cert_file = "{cert_file}"' in lines
+    assert f'tls_key_file = "{key_file}"' in lines
+
+
+def test_listener_speaks_plain_http_without_certificate_and_key() -> None:
+    config = load()
+    assert config.server.tls_cert_file is None
+    assert config.server.tls_key_file is None
+    assert listener_ssl_context(config.server) is None
+
+
+def test_listener_certificate_without_its_key_is_refused(cert_file: Path) -> None:
+    assert problem(GATEWAY_TLS_CERT_FILE=str(cert_file)) == (
+        "GATEWAY_TLS_KEY_FILE (server.tls_key_file): "
+        "is required when GATEWAY_TLS_CERT_FILE is set (both or neither)"
+    )
+
+
+def test_listener_key_without_its_certificate_is_refused(key_file: Path) -> None:
+    assert problem(GATEWAY_TLS_KEY_FILE=str(key_file)) == (
+        "GATEWAY_TLS_CERT_FILE (server.tls_cert_file): "
+        "is required when GATEWAY_TLS_KEY_FILE is set (both or neither)"
+    )
+
+
+def test_listener_key_of_another_certificate_is_refused_without_echo(
+    cert_file: Path, tmp_path: Path
+) -> None:
+    other = trustme.CA().issue_cert("127.0.0.1").private_key_pem
+    key = tmp_path / "other-key.pem"
+    other.write_to_path(str(key))
+    assert tls_key_problem(cert_file, key) == (
+        "GATEWAY_TLS_KEY_FILE (server.tls_key_file): "
+        "is not the private key of the certificate in GATEWAY_TLS_CERT_FILE"
+    )
+
+
+@pytest.mark.parametrize("content", ["", "not a key\n", CA_PEM])
+def test_listener_key_file_without_a_private_key_is_refused(
+    cert_file: Path, tmp_path: Path, content: str
+) -> None:
+    key = write(tmp_path / "key.txt", content)
+    assert tls_key_problem(cert_file, key) == (
+        "GATEWAY_TLS_KEY_FILE (server.tls_key_file): holds no PEM private key"
+    )
+
+
+def test_listener_key_with_a_passphrase_is_refused_without_a_prompt(
+    cert_file: Path, listener_cert: trustme.LeafCert, tmp_path: Path
+) -> None:
+    key = serialization.load_pem_private_key(listener_cert.private_key_pem.bytes(), None)
+    encrypted = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"Key-passphrase-1"),
+    )
+    path = tmp_path / "encrypted-key.pem"
+    path.write_bytes(encrypted)
+    assert tls_key_problem(cert_file, path) == (
+        "GATEWAY_TLS_KEY_FILE (server.tls_key_file): "
+        "holds an encrypted private key; give the gateway an unencrypted one"
+    )
+
+
+def test_listener_certificate_file_without_a_certificate_is_refused(
+    key_file: Path, tmp_path: Path
+) -> None:
+    cert = write(tmp_path / "cert.txt", "not a certificate\n")
+    assert problem(GATEWAY_TLS_CERT_FILE=str(cert), GATEWAY_TLS_KEY_FILE=str(key_file)) == (
+        "GATEWAY_TLS_CERT_FILE (server.tls_cert_file): holds no PEM certificate"
+    )
+
+
+def test_unreadable_listener_files_are_each_reported(unreadable: Path) -> None:
+    lines = problems(GATEWAY_TLS_CERT_FILE=str(unreadable), GATEWAY_TLS_KEY_FILE=str(unreadable))
+    assert [line.split(": ", 1)[1].split(" (")[0] for line in lines] == ["cannot be read"] * 2
+    assert lines[0].startswith("GATEWAY_TLS_CERT_FILE (server.tls_cert_file): ")
+    assert lines[1].startswith("GATEWAY_TLS_KEY_FILE (server.tls_key_file): ")
+
+
+def test_listener_key_every_user_may_read_is_accepted_with_a_warning(
+    cert_file: Path, key_file: Path
+) -> None:
+    key_file.chmod(0o644)
+    config = load(GATEWAY_TLS_CERT_FILE=str(cert_file), GATEWAY_TLS_KEY_FILE=str(key_file))
+    assert config.warnings == (
+        "GATEWAY_TLS_KEY_FILE (server.tls_key_file): is readable by every user (mode 0644); "
+        "chmod 600 it",
+    )
+
+
+def test_listener_key_every_user_may_write_is_refused(cert_file: Path, key_file: Path) -> None:
+    key_file.chmod(0o666)
+    assert tls_key_problem(cert_file, key_file) == (
+        "GATEWAY_TLS_KEY_FILE (server.tls_key_file): is writable by every user (mode 0666), "
+        "so anyone could change the key the gateway's listener uses; chmod 600 it"
+    )
+
+
+def test_listener_context_that_no_longer_loads_is_a_configuration_error(
+    cert_file: Path, key_file: Path
+) -> None:
+    config = load(GATEWAY_TLS_CERT_FILE=str(cert_file), GATEWAY_TLS_KEY_FILE=str(key_file))
+    key_file.write_text("gone\n")
+    with pytest.raises(ConfigError) as info:
+        listener_ssl_context(config.server)
+    assert info.value.problems == [
+        "GATEWAY_TLS_KEY_FILE (server.tls_key_file): holds no PEM private key"
+    ]
 
 
 def test_spool_dir_that_exists_is_accepted(tmp_path: Path) -> None:
@@ -664,8 +895,8 @@ def test_unreadable_file_is_reported(unreadable: Path) -> None:
 # --- the table and the dataclasses ----------------------------------------------------------------
 
 
-def test_config_has_one_field_per_section() -> None:
-    assert [f.name for f in fields(Config)] == list(SECTIONS)
+def test_config_has_one_field_per_section_and_the_warnings() -> None:
+    assert [f.name for f in fields(Config)] == [*SECTIONS, "warnings"]
 
 
 @pytest.mark.parametrize("section", list(SECTIONS))
