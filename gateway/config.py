@@ -24,13 +24,8 @@ the same way for :func:`~gateway.server.serve`.
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import math
-import os
-import re
 import ssl
-import stat
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -39,16 +34,11 @@ from typing import Generic, TypeVar
 
 from yarl import URL
 
+from . import values as parse
 from .secret import MASK, Secret
+from .values import Address, Invalid
 
 T = TypeVar("T")
-
-LOG_LEVELS = ("debug", "info", "warning", "error")
-_SIZE_UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
-_SIZE = re.compile(r"^\s*(\d{1,20})\s*([a-z]*)\s*$", re.IGNORECASE)
-_SIZE_HINT = "must be a size in bytes, optionally with KiB, MiB or GiB, e.g. 100MiB"
-# A password file is a few bytes; reading a bounded amount keeps /dev/zero from hanging the check.
-_MAX_PASSWORD_FILE = 4096
 
 
 class ConfigError(Exception):
@@ -57,21 +47,6 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
-
-
-class Invalid(ValueError):
-    """A parser's verdict on one value; the message says what is wrong without repeating it."""
-
-
-@dataclass(frozen=True)
-class Address:
-    """A ``host:port`` to listen on."""
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -135,315 +110,6 @@ class Config:
     warnings: tuple[str, ...] = ()
 
 
-# --- parsers: each takes what TOML or the environment gave and returns the typed value -----------
-
-
-def _text(value: object) -> str:
-    if not isinstance(value, str):
-        raise Invalid("must be a string")
-    return value
-
-
-def _nonempty(value: object) -> str:
-    text = _text(value).strip()
-    if not text:
-        raise Invalid("must not be empty")
-    return text
-
-
-def _basic_auth_text(text: str) -> None:
-    # The Webapp login is HTTP Basic auth, which aiohttp encodes as Latin-1.
-    try:
-        text.encode("latin-1")
-    except UnicodeEncodeError:
-        raise Invalid(
-            "must be Latin-1 text (HTTP Basic auth cannot carry other characters)"
-        ) from None
-
-
-def _username(value: object) -> str:
-    name = _nonempty(value)
-    if ":" in name:
-        raise Invalid("must not contain ':' (HTTP Basic auth cannot carry it)")
-    if not name.isprintable():
-        raise Invalid("must not contain control characters")
-    _basic_auth_text(name)
-    return name
-
-
-def _password(value: object) -> Secret:
-    # Taken verbatim: leading or trailing spaces may be part of a password.
-    password = _text(value)
-    if not password.strip():
-        raise Invalid("must not be empty")
-    _basic_auth_text(password)
-    return Secret(password)
-
-
-def read_password_file(path: Path) -> Secret:
-    """The password in ``path`` (one trailing newline ignored), or :class:`Invalid` saying why not.
-
-    Used to check the configuration and again at every login, so both apply the same rule.
-    """
-    try:
-        with path.open("rb") as file:
-            _refuse_world_writable(
-                os.fstat(file.fileno()).st_mode, "the password the gateway sends"
-            )
-            data = file.read(_MAX_PASSWORD_FILE + 1)
-    except OSError as exc:
-        raise Invalid(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
-    if len(data) > _MAX_PASSWORD_FILE:
-        raise Invalid(f"is larger than {_MAX_PASSWORD_FILE} bytes, it cannot hold just a password")
-    try:
-        password = data.decode("utf-8").rstrip("\r\n")
-    except UnicodeDecodeError:
-        raise Invalid("is not UTF-8 text") from None
-    if not password.strip():
-        raise Invalid("holds no password")
-    _basic_auth_text(password)
-    return Secret(password)
-
-
-def _password_file(value: object) -> Path:
-    path = Path(_nonempty(value))
-    read_password_file(path)
-    return path
-
-
-def _refuse_world_writable(mode: int, what: str) -> None:
-    # Devices and pipes (/dev/stdin, <(...)) have modes that say nothing about who may edit them.
-    if stat.S_ISREG(mode) and mode & stat.S_IWOTH:
-        raise Invalid(
-            f"is writable by every user (mode {stat.S_IMODE(mode):04o}), so anyone could change "
-            f"{what}; chmod 600 it"
-        )
-
-
-def _world_readable(path: Path) -> str | None:
-    """Why the secret file at ``path`` deserves a warning (every user may read it), or None."""
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return None  # reported as a problem already, or gone since; nothing to warn about
-    if not stat.S_ISREG(mode) or not mode & stat.S_IROTH:
-        return None
-    return f"is readable by every user (mode {stat.S_IMODE(mode):04o}); chmod 600 it"
-
-
-def _api_key(value: object) -> Secret:
-    key = _text(value)
-    if not 12 <= len(key) <= 128:
-        raise Invalid(f"must be 12 to 128 characters long, it has {len(key)}")
-    # It travels in an Authorization header, where spaces and control characters break it.
-    if not all("!" <= char <= "~" for char in key):
-        raise Invalid("must be visible ASCII characters only, without spaces")
-    return Secret(key)
-
-
-def _url(value: object) -> URL:
-    text = _nonempty(value)
-    try:
-        url = URL(text)
-    except ValueError:
-        raise Invalid("is not a URL") from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise Invalid("must be an http:// or https:// URL with a host, e.g. https://webapp:443")
-    if url.user is not None or url.password is not None:
-        raise Invalid("must not carry credentials: set WA_USERNAME and WA_PASSWORD instead")
-    if url.query_string or url.fragment:
-        raise Invalid("must not have a query or fragment")
-    # The raw (still encoded) path, so that an escaped character such as %2F keeps its meaning.
-    return url.with_path(url.raw_path.rstrip("/"), encoded=True)
-
-
-def _listen(value: object) -> Address:
-    text = _nonempty(value)
-    match = re.fullmatch(r"\[([^\[\]\s]+)\]:(\d{1,5})|([^:\[\]\s]+):(\d{1,5})", text)
-    if match is None:
-        raise Invalid("must be host:port, e.g. 127.0.0.1:8080 or [::1]:8080")
-    if match.group(1) is not None:
-        try:
-            host = str(ipaddress.IPv6Address(match.group(1)))
-        except ValueError:
-            raise Invalid("has an address in brackets that is not an IPv6 address") from None
-    else:
-        host = match.group(3)
-    port = int(match.group(2) or match.group(4))
-    if port > 65535:
-        raise Invalid("has a port above 65535")
-    return Address(host, port)
-
-
-def _bool(value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = _text(value).strip().lower()
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off"):
-        return False
-    raise Invalid("must be true or false")
-
-
-def _number(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise Invalid("must be a number")
-    try:
-        number = float(value)
-    except (ValueError, OverflowError):  # TOML integers have no size limit
-        raise Invalid("must be a number") from None
-    if not math.isfinite(number):
-        raise Invalid("must be a finite number")
-    return number
-
-
-def _seconds(value: object) -> float:
-    number = _number(value)
-    if number <= 0:
-        raise Invalid("must be a number of seconds above 0")
-    return number
-
-
-def _seconds_or_zero(value: object) -> float:
-    number = _number(value)
-    if number < 0:
-        raise Invalid("must be a number of seconds, 0 or more")
-    return number
-
-
-def _fraction(value: object) -> float:
-    number = _number(value)
-    if not 0 <= number < 1:
-        raise Invalid("must be a fraction from 0 up to (not including) 1")
-    return number
-
-
-def _count(value: object) -> int:
-    number = _number(value)
-    if number != int(number) or number < 1:
-        raise Invalid("must be a whole number above 0")
-    return int(number)
-
-
-def _size(value: object) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        size = value
-    elif isinstance(value, str):
-        match = _SIZE.match(value)
-        unit = match.group(2).lower() if match else ""
-        if match is None or unit not in _SIZE_UNITS:
-            raise Invalid(_SIZE_HINT)
-        size = int(match.group(1)) * _SIZE_UNITS[unit]
-    else:
-        raise Invalid(_SIZE_HINT)
-    if size < 1:
-        raise Invalid("must be at least 1 byte")
-    return size
-
-
-def _log_level(value: object) -> str:
-    level = _text(value).strip().lower()
-    if level not in LOG_LEVELS:
-        raise Invalid(f"must be one of {', '.join(LOG_LEVELS)}")
-    return level
-
-
-def _readable_file(value: object) -> Path:
-    path = Path(_nonempty(value))
-    try:
-        with path.open("rb") as file:
-            file.read(1)
-    except OSError as exc:
-        raise Invalid(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
-    return path
-
-
-def _holds_certificates(path: Path) -> bool:
-    try:
-        ssl.create_default_context(cafile=str(path))
-    except (ssl.SSLError, OSError):
-        return False
-    return True
-
-
-def _ca_file(value: object) -> Path:
-    path = _readable_file(value)
-    if not _holds_certificates(path):
-        raise Invalid("holds no PEM CA certificate")
-    return path
-
-
-def _certificate_file(value: object) -> Path:
-    path = _readable_file(value)
-    if not _holds_certificates(path):
-        raise Invalid("holds no PEM certificate")
-    return path
-
-
-def _key_file(value: object) -> Path:
-    path = Path(_nonempty(value))
-    try:
-        with path.open("rb") as file:
-            mode = os.fstat(file.fileno()).st_mode
-    except OSError as exc:
-        raise Invalid(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
-    _refuse_world_writable(mode, "the key the gateway's listener uses")
-    return path
-
-
-class _Encrypted(Exception):
-    """The private key asks for a passphrase."""
-
-
-def _no_passphrase() -> bytes:
-    # Without a callback OpenSSL would prompt on the terminal, and a service would hang there.
-    raise _Encrypted
-
-
-def listener_ssl_context(server: ServerConfig) -> ssl.SSLContext | None:
-    """The TLS context of the gateway's own listener, or None when it speaks plain HTTP.
-
-    Raises :class:`ConfigError` (one line, the key never echoed) when the pair does not load.
-    """
-    if server.tls_cert_file is None or server.tls_key_file is None:
-        return None
-    try:
-        return _load_pair(server.tls_cert_file, server.tls_key_file)
-    except Invalid as exc:
-        raise ConfigError([f"{_BY_KEY['server', 'tls_key_file'].name}: {exc}"]) from None
-
-
-def _load_pair(cert_file: Path, key_file: Path) -> ssl.SSLContext:
-    # Python's defaults for a server: TLS 1.2 at least, no compression, strong ciphers.
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        context.load_cert_chain(cert_file, key_file, password=_no_passphrase)
-    except _Encrypted:
-        raise Invalid(
-            "holds an encrypted private key; give the gateway an unencrypted one"
-        ) from None
-    except ssl.SSLError as exc:
-        # OpenSSL's reason is a fixed name such as KEY_VALUES_MISMATCH, never the key itself.
-        if exc.reason == "KEY_VALUES_MISMATCH":
-            raise Invalid(
-                "is not the private key of the certificate in GATEWAY_TLS_CERT_FILE"
-            ) from None
-        raise Invalid("holds no PEM private key") from None
-    except OSError as exc:
-        raise Invalid(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
-    return context
-
-
-def _directory(value: object) -> Path:
-    path = Path(_nonempty(value))
-    if not path.is_dir():
-        raise Invalid("is not a directory")
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise Invalid("is not writable")
-    return path
-
-
 # --- the table -----------------------------------------------------------------------------------
 
 
@@ -474,41 +140,49 @@ class Setting(Generic[T]):
 
 
 SETTINGS: tuple[Setting[object], ...] = (
-    Setting("webapp", "url", "WA_WEBAPP_URL", _url, REQUIRED),
-    Setting("webapp", "username", "WA_USERNAME", _username, "admin"),
+    Setting("webapp", "url", "WA_WEBAPP_URL", parse.url, REQUIRED),
+    Setting("webapp", "username", "WA_USERNAME", parse.username, "admin"),
     Setting(
-        "webapp", "password", "WA_PASSWORD", _password, None, secret=True, yields_to="password_file"
+        "webapp",
+        "password",
+        "WA_PASSWORD",
+        parse.password_value,
+        None,
+        secret=True,
+        yields_to="password_file",
     ),
-    Setting("webapp", "password_file", "WA_PASSWORD_FILE", _password_file, None),
-    Setting("webapp", "api_key", "WA_API_KEY", _api_key, None, secret=True),
-    Setting("webapp", "ca_file", "WA_CA_FILE", _ca_file, None),
-    Setting("webapp", "tls_verify", "WA_TLS_VERIFY", _bool, True),
-    Setting("server", "listen", "GATEWAY_LISTEN", _listen, Address("127.0.0.1", 8080)),
-    Setting("server", "tls_cert_file", "GATEWAY_TLS_CERT_FILE", _certificate_file, None),
-    Setting("server", "tls_key_file", "GATEWAY_TLS_KEY_FILE", _key_file, None),
-    Setting("server", "upstream_timeout", "GATEWAY_UPSTREAM_TIMEOUT", _seconds, 60.0),
-    Setting("server", "upstream_idle_timeout", "GATEWAY_UPSTREAM_IDLE_TIMEOUT", _seconds, 60.0),
-    Setting("server", "connect_timeout", "GATEWAY_CONNECT_TIMEOUT", _seconds, 10.0),
-    Setting("server", "upstream_connections", "GATEWAY_UPSTREAM_CONNECTIONS", _count, 100),
-    Setting("server", "max_concurrent", "GATEWAY_MAX_CONCURRENT", _count, 1000),
-    Setting("server", "max_body", "GATEWAY_MAX_BODY", _size, 100 << 20),
-    Setting("server", "body_memory", "GATEWAY_BODY_MEMORY", _size, 1 << 20),
-    Setting("server", "spool_dir", "GATEWAY_SPOOL_DIR", _directory, None),
-    Setting("server", "max_url", "GATEWAY_MAX_URL", _size, 8 << 10),
-    Setting("server", "max_header", "GATEWAY_MAX_HEADER", _size, 8 << 10),
-    Setting("server", "max_headers", "GATEWAY_MAX_HEADERS", _count, 100),
-    Setting("server", "client_idle_timeout", "GATEWAY_CLIENT_IDLE_TIMEOUT", _seconds, 30.0),
-    Setting("server", "client_body_timeout", "GATEWAY_CLIENT_BODY_TIMEOUT", _seconds, 30.0),
-    Setting("server", "client_send_timeout", "GATEWAY_CLIENT_SEND_TIMEOUT", _seconds, 60.0),
-    Setting("server", "shutdown_drain", "GATEWAY_SHUTDOWN_DRAIN", _seconds_or_zero, 0.0),
-    Setting("server", "shutdown_grace", "GATEWAY_SHUTDOWN_GRACE", _seconds_or_zero, 30.0),
-    Setting("server", "log_level", "GATEWAY_LOG_LEVEL", _log_level, "info"),
-    Setting("tokens", "login_timeout", "GATEWAY_LOGIN_TIMEOUT", _seconds, 30.0),
-    Setting("tokens", "refresh_before", "GATEWAY_REFRESH_BEFORE", _fraction, 0.1),
-    Setting("tokens", "refresh_jitter", "GATEWAY_REFRESH_JITTER", _fraction, 0.05),
-    Setting("tokens", "backoff_initial", "GATEWAY_LOGIN_BACKOFF_INITIAL", _seconds, 1.0),
-    Setting("tokens", "backoff_max", "GATEWAY_LOGIN_BACKOFF_MAX", _seconds, 30.0),
-    Setting("tokens", "breaker_threshold", "GATEWAY_LOGIN_BREAKER_THRESHOLD", _count, 5),
+    Setting("webapp", "password_file", "WA_PASSWORD_FILE", parse.password_file, None),
+    Setting("webapp", "api_key", "WA_API_KEY", parse.api_key, None, secret=True),
+    Setting("webapp", "ca_file", "WA_CA_FILE", parse.ca_file, None),
+    Setting("webapp", "tls_verify", "WA_TLS_VERIFY", parse.boolean, True),
+    Setting("server", "listen", "GATEWAY_LISTEN", parse.listen, Address("127.0.0.1", 8080)),
+    Setting("server", "tls_cert_file", "GATEWAY_TLS_CERT_FILE", parse.certificate_file, None),
+    Setting("server", "tls_key_file", "GATEWAY_TLS_KEY_FILE", parse.key_file, None),
+    Setting("server", "upstream_timeout", "GATEWAY_UPSTREAM_TIMEOUT", parse.seconds, 60.0),
+    Setting(
+        "server", "upstream_idle_timeout", "GATEWAY_UPSTREAM_IDLE_TIMEOUT", parse.seconds, 60.0
+    ),
+    Setting("server", "connect_timeout", "GATEWAY_CONNECT_TIMEOUT", parse.seconds, 10.0),
+    Setting("server", "upstream_connections", "GATEWAY_UPSTREAM_CONNECTIONS", parse.count, 100),
+    Setting("server", "max_concurrent", "GATEWAY_MAX_CONCURRENT", parse.count, 1000),
+    Setting("server", "max_body", "GATEWAY_MAX_BODY", parse.size, 100 << 20),
+    Setting("server", "body_memory", "GATEWAY_BODY_MEMORY", parse.size, 1 << 20),
+    Setting("server", "spool_dir", "GATEWAY_SPOOL_DIR", parse.directory, None),
+    Setting("server", "max_url", "GATEWAY_MAX_URL", parse.size, 8 << 10),
+    Setting("server", "max_header", "GATEWAY_MAX_HEADER", parse.size, 8 << 10),
+    Setting("server", "max_headers", "GATEWAY_MAX_HEADERS", parse.count, 100),
+    Setting("server", "client_idle_timeout", "GATEWAY_CLIENT_IDLE_TIMEOUT", parse.seconds, 30.0),
+    Setting("server", "client_body_timeout", "GATEWAY_CLIENT_BODY_TIMEOUT", parse.seconds, 30.0),
+    Setting("server", "client_send_timeout", "GATEWAY_CLIENT_SEND_TIMEOUT", parse.seconds, 60.0),
+    Setting("server", "shutdown_drain", "GATEWAY_SHUTDOWN_DRAIN", parse.seconds_or_zero, 0.0),
+    Setting("server", "shutdown_grace", "GATEWAY_SHUTDOWN_GRACE", parse.seconds_or_zero, 30.0),
+    Setting("server", "log_level", "GATEWAY_LOG_LEVEL", parse.log_level, "info"),
+    Setting("tokens", "login_timeout", "GATEWAY_LOGIN_TIMEOUT", parse.seconds, 30.0),
+    Setting("tokens", "refresh_before", "GATEWAY_REFRESH_BEFORE", parse.fraction, 0.1),
+    Setting("tokens", "refresh_jitter", "GATEWAY_REFRESH_JITTER", parse.fraction, 0.05),
+    Setting("tokens", "backoff_initial", "GATEWAY_LOGIN_BACKOFF_INITIAL", parse.seconds, 1.0),
+    Setting("tokens", "backoff_max", "GATEWAY_LOGIN_BACKOFF_MAX", parse.seconds, 30.0),
+    Setting("tokens", "breaker_threshold", "GATEWAY_LOGIN_BREAKER_THRESHOLD", parse.count, 5),
 )
 SECTIONS: dict[str, type[WebappConfig | ServerConfig | TokenConfig]] = {
     "webapp": WebappConfig,
@@ -593,7 +267,7 @@ def _listener_tls(server: Mapping[str, object]) -> Iterator[str]:
         yield f"{key_setting.name}: is required when {cert_setting.env} is set (both or neither)"
     elif isinstance(cert, Path) and isinstance(key, Path):
         try:
-            _load_pair(cert, key)
+            parse.load_pair(cert, key)
         except Invalid as exc:
             yield f"{key_setting.name}: {exc}"
 
@@ -603,7 +277,7 @@ def _warnings(values: Mapping[str, Mapping[str, object]]) -> Iterator[str]:
     webapp = values["webapp"]
     for section, key in (("webapp", "password_file"), ("server", "tls_key_file")):
         path = values[section][key]
-        if isinstance(path, Path) and (warning := _world_readable(path)):
+        if isinstance(path, Path) and (warning := parse.world_readable(path)):
             yield f"{_BY_KEY[section, key].name}: {warning}"
     url = webapp["url"]
     if isinstance(url, URL) and url.scheme == "https" and webapp["tls_verify"] is False:
@@ -684,3 +358,16 @@ def _toml_value(value: object) -> str:
         return repr(value)
     # JSON's string escapes are TOML's; ASCII-only output also survives any terminal encoding.
     return json.dumps(str(value)).replace("\x7f", "\\u007f")
+
+
+def listener_ssl_context(server: ServerConfig) -> ssl.SSLContext | None:
+    """The TLS context of the gateway's own listener, or None when it speaks plain HTTP.
+
+    Raises :class:`ConfigError` (one line, the key never echoed) when the pair does not load.
+    """
+    if server.tls_cert_file is None or server.tls_key_file is None:
+        return None
+    try:
+        return parse.load_pair(server.tls_cert_file, server.tls_key_file)
+    except Invalid as exc:
+        raise ConfigError([f"{_BY_KEY['server', 'tls_key_file'].name}: {exc}"]) from None

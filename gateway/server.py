@@ -25,8 +25,9 @@ import structlog
 from aiohttp import web
 
 from .app import GATEWAY, InFlight
-from .config import Address, Config, listener_ssl_context
+from .config import Config, listener_ssl_context
 from .protocol import GatewayRunner
+from .values import Address
 
 log = structlog.get_logger("gateway.server")
 

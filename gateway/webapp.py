@@ -18,7 +18,7 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from .config import Config, Invalid, read_password_file
+from .config import Config
 from .errors import GatewayError, WebappTimeout, WebappUnreachable
 from .secret import Secret
 from .tokens import (
@@ -32,6 +32,7 @@ from .tokens import (
     Token,
     WebappUnavailable,
 )
+from .values import Invalid, read_password_file
 
 LOGIN_PATH = "/v1/users/login"
 CHECK_PATH = "/v1/health"

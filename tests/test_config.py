@@ -19,16 +19,14 @@ from gateway.config import (
     REQUIRED,
     SECTIONS,
     SETTINGS,
-    Address,
     Config,
     ConfigError,
-    Invalid,
     Setting,
     describe,
     listener_ssl_context,
     load_config,
-    read_password_file,
 )
+from gateway.values import Address, Invalid, read_password_file
 from gateway.secret import Secret
 
 PASSWORD = "Webapp-pass-1!"
