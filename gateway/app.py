@@ -2,6 +2,11 @@
 
 ``create_app(config)`` reads nothing from the environment. Everything long-lived (the Webapp
 connection pool and the token pool's background task) starts and stops in ``cleanup_ctx``.
+
+An answer the gateway gives itself before the request's body has arrived closes the connection
+(once aiohttp has drained the body); after a body that stalled or whose framing is broken, the
+connection is closed at once. ``Expect`` never gets an answer outside the middleware: ``100
+Continue`` is sent by the forwarder, when it wants the body.
 """
 
 from __future__ import annotations
@@ -13,18 +18,22 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion10, HttpVersion11
 from aiohttp.typedefs import Handler, Middleware
 
 from .access import Exchange, completed
+from .body import check_framing
 from .config import Config
 from .errors import (
+    BadFraming,
     BadRequest,
     BodyTooLarge,
     GatewayError,
     MethodNotAllowed,
     NotFound,
     Overloaded,
+    RequestTimeout,
     UriTooLong,
 )
 from .forward import Forwarder
@@ -38,6 +47,7 @@ from .webapp import Webapp
 
 # nginx's status for a request whose client went away before the answer.
 CLIENT_CLOSED = 499
+HTTP_VERSIONS = frozenset({HttpVersion10, HttpVersion11})
 
 
 class InFlight:
@@ -87,7 +97,9 @@ def create_app(
     clock = clock or SystemClock()
     metrics = Metrics()
     webapp = Webapp(config, clock)
-    pool = TokenPool(webapp.login, config.tokens, metrics, clock, rng or random.Random())
+    pool = TokenPool(
+        webapp.login, config.tokens, metrics, clock, rng or random.Random(), webapp.check
+    )
     # Read at scrape time, from the one place each value lives.
     metrics.token_expiry.set_function(lambda: pool.seconds_left(webapp.account))
     metrics.login_breaker.set_function(lambda: pool.breaker(webapp.account).value)
@@ -98,11 +110,17 @@ def create_app(
     app = web.Application(middlewares=[_observe(gateway)])
     app[GATEWAY] = gateway
     app.cleanup_ctx.append(_webapp_lifecycle)
-    app.router.add_get("/_gateway/healthz", _healthz)
-    app.router.add_get("/_gateway/readyz", _readyz)
-    app.router.add_get("/_gateway/metrics", _metrics)
-    app.router.add_route("*", "/{tail:.*}", _proxy)
+    app.router.add_get("/_gateway/healthz", _healthz, expect_handler=_expect)
+    app.router.add_get("/_gateway/readyz", _readyz, expect_handler=_expect)
+    app.router.add_get("/_gateway/metrics", _metrics, expect_handler=_expect)
+    app.router.add_route("*", "/{tail:.*}", _proxy, expect_handler=_expect)
     return app
+
+
+async def _expect(request: web.Request) -> None:
+    """aiohttp's default would send ``100 Continue`` before the policy is checked, and answer any
+    other expectation with a plain-text 417 that bypasses the middleware. Unknown expectations are
+    ignored (RFC 9110 section 10.1.1 allows it); see :class:`~gateway.forward.Forwarder`."""
 
 
 async def _webapp_lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -122,6 +140,9 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
             f"The gateway is handling {limits.max_concurrent} requests already; retry shortly.",
             retry_after=1,
         )
+    if request.version not in HTTP_VERSIONS:
+        raise BadRequest("Only HTTP/1.0 and HTTP/1.1 requests are accepted.")
+    check_framing(request.version, request.headers.getall(hdrs.TRANSFER_ENCODING, []))
     if len(request.raw_path) > limits.max_url:
         raise UriTooLong(f"The request target is longer than {limits.max_url} bytes.")
     target = decide(request.method, request.raw_path)
@@ -202,10 +223,12 @@ def _observe(gateway: Gateway) -> Middleware:
 
 
 async def _answer(request: web.Request, handler: Handler, exchange: Exchange) -> web.StreamResponse:
+    unusable = False  # the connection, since the body stalled or its framing is broken
     try:
         response = await handler(request)
     except GatewayError as error:
         response = _error_response(error)
+        unusable = isinstance(error, RequestTimeout | BadFraming)
     except web.HTTPException as exc:
         response = _error_response(_from_http_exception(exc))
     except asyncio.CancelledError:
@@ -221,4 +244,20 @@ async def _answer(request: web.Request, handler: Handler, exchange: Exchange) ->
     if not response.prepared:  # answered here, not streamed from the Webapp
         response.headers[REQUEST_ID] = exchange.request_id
         exchange.bytes_out = response.content_length or 0
+        if unusable:
+            await _send_and_drop(request, response)
+        elif request.body_exists and not request.content.is_eof():
+            response.force_close()  # aiohttp drains the rest of the body, then closes
     return response
+
+
+async def _send_and_drop(request: web.Request, response: web.StreamResponse) -> None:
+    """Send ``response``, then close the connection without reading the rest of the body (aiohttp
+    would keep reading it for up to ten seconds) or any request after it."""
+    response.force_close()
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionError:
+        pass
+    request.protocol.force_close()

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import BodyTooLarge, RequestTimeout
+from .errors import BadFraming, BodyTooLarge, RequestTimeout
 
 # Disk I/O goes through a worker thread; batching keeps the thread hops few.
 _IO_CHUNK = 256 * 1024
@@ -92,6 +92,20 @@ class ReplayableBody:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def check_framing(version: tuple[int, int], transfer_encoding: list[str]) -> None:
+    """Refuse a body framing the gateway would have to guess at: ``Transfer-Encoding`` other than
+    exactly ``chunked`` (empty, or naming a coding the gateway would not undo), or in HTTP/1.0.
+
+    aiohttp's parser has refused the other ambiguities already (``Content-Length`` with a
+    non-empty ``Transfer-Encoding``, ``chunked`` not last, duplicate or invalid lengths).
+    """
+    if not transfer_encoding:
+        return
+    codings = [coding.strip().lower() for value in transfer_encoding for coding in value.split(",")]
+    if codings != ["chunked"] or version < (1, 1):
+        raise BadFraming("Transfer-Encoding must be exactly 'chunked', and only in HTTP/1.1.")
 
 
 def check_declared_size(content_length: int | None, max_size: int) -> None:

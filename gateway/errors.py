@@ -6,6 +6,7 @@ requests the gateway refuses, and requests for which it could not get an answer,
     GatewayError
     ├── Refused                 the request is not forwarded (4xx)
     │   ├── BadRequest          400  1025 Invalid request
+    │   │   └── BadFraming      400  1025 (and the connection is closed)
     │   ├── Forbidden           403  1005 Access denied
     │   ├── NotFound            404  1006 Not found
     │   ├── MethodNotAllowed    405  1025 Invalid request
@@ -69,6 +70,11 @@ class BadRequest(Refused):
     status = 400
     code = 1025
     title = "Invalid request"
+
+
+class BadFraming(BadRequest):
+    """The body's framing cannot be trusted, so neither can anything after it on the connection:
+    answered, then the connection is closed (RFC 9112 section 6.3)."""
 
 
 class Forbidden(Refused):

@@ -15,14 +15,15 @@ from dataclasses import dataclass
 
 import aiohttp
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion11
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 
 from .access import Exchange
 from .body import ReplayableBody, check_declared_size
 from .config import ServerConfig
-from .errors import BadRequest, GatewayError
+from .errors import BadFraming, GatewayError
 from .headers import downstream_headers, upstream_headers
 from .metrics import Metrics
 from .policy import Action, Target
@@ -33,6 +34,10 @@ from .webapp import Webapp, translate
 log = structlog.get_logger("gateway.forward")
 
 _NO_BODY = ReplayableBody(b"", None, 0)
+
+
+def _expects_continue(request: web.Request) -> bool:
+    return request.headers.get(hdrs.EXPECT, "").strip().lower() == "100-continue"
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,9 @@ class Forwarder:
     async def _receive(self, request: web.Request) -> ReplayableBody:
         if not request.body_exists:
             return _NO_BODY
+        if request.version >= HttpVersion11 and _expects_continue(request):
+            # Only now, when the body is wanted: a refused request got its final answer instead.
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         try:
             return await ReplayableBody.receive(
                 request.content.iter_any(),
@@ -92,7 +100,7 @@ class Forwarder:
                 idle_timeout=self.server.client_body_timeout,
             )
         except HttpProcessingError:  # a broken chunked encoding, say
-            raise BadRequest("The request body is not validly framed.") from None
+            raise BadFraming("The request body is not validly framed.") from None
 
     async def _replacement(self, rejected: Token) -> Token:
         self.pool.invalidate(self.webapp.account, rejected)
@@ -171,5 +179,9 @@ class Forwarder:
             exchange.failure = "client_send_timeout"
         else:
             exchange.failure = "client_disconnected"
+        if waiting_for == "client" and request.transport is not None:
+            # A plain close would wait to flush what is buffered for a client that reads nothing,
+            # keeping its socket and buffers for as long as it likes: reset it instead.
+            request.transport.abort()
         # The status line is gone already: a broken connection is the only honest signal left.
         request.protocol.force_close()

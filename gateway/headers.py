@@ -2,16 +2,20 @@
 
 Toward the Webapp: hop-by-hop headers (RFC 9110 section 7.6.1, and any named in ``Connection``) and
 every header the gateway owns (credentials, framing, forwarding, request id) are dropped, then the
-gateway's own are set. Toward the client: hop-by-hop headers are dropped; framing comes from the
-Webapp's ``Content-Length`` when it sent one.
+gateway's own are set; a value that is not UTF-8 is refused, since it could only be sent altered.
+Toward the client: hop-by-hop headers are dropped; framing comes from the Webapp's
+``Content-Length`` when it sent one.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterable
 
 from multidict import CIMultiDict, MultiMapping
+
+from .errors import BadRequest
 
 # Lower-case names: comparing name.lower() is cheaper than building case-insensitive strings.
 HOP_BY_HOP = frozenset(
@@ -93,7 +97,19 @@ def upstream_headers(
     headers["Authorization"] = authorization
     if content_length is not None:
         headers["Content-Length"] = str(content_length)
+    _refuse_undecodable(headers.values())
     return headers
+
+
+def _refuse_undecodable(values: Iterable[str]) -> None:
+    # The parser keeps bytes that are not UTF-8 as lone surrogates; aiohttp's client would
+    # silently drop them, so the Webapp would get a value the client never sent.
+    for value in values:
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise BadRequest("A header value is not valid UTF-8.") from None
 
 
 def downstream_headers(upstream: MultiMapping[str], *, request_id: str) -> CIMultiDict[str]:

@@ -10,6 +10,9 @@ request metric, and no echo of what the client sent.
 The line limit aiohttp applies is set one above both the URL and the header limits, so that which
 limit a ``LineTooLong`` hit tells a request line (414) from a header field (431). URLs between the
 gateway's limit and that one are refused by the app itself (414 too).
+
+A framing error inside a body that is being received (a bad chunk size arriving after the headers)
+fails that body at once, so its request gets 400 rather than stalling into a 408.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from .access import Exchange, completed
 from .app import GATEWAY, Gateway
@@ -70,6 +73,21 @@ class _Protocol(RequestHandler):
         super().__init__(manager, **kwargs)
         self._gateway = gateway
 
+    def data_received(self, data: bytes) -> None:
+        queued = len(self._messages)
+        super().data_received(data)
+        # aiohttp queues a parse error as the next message, leaving the body it broke open.
+        if len(self._messages) > queued and isinstance(self._messages[-1][0], _ErrInfo):
+            self._fail_unfinished_bodies()
+
+    def _fail_unfinished_bodies(self) -> None:
+        bodies = [payload for _, payload in self._messages]
+        if self._current_request is not None:
+            bodies.append(self._current_request.content)
+        for body in bodies:
+            if not body.is_eof() and body.exception() is None:
+                body.set_exception(BadHttpMessage("The request body is not validly framed."))
+
     def handle_error(
         self,
         request: web.BaseRequest,
@@ -116,6 +134,10 @@ class GatewayRunner(web.AppRunner):
 
     def __init__(self, app: web.Application, **kwargs: Any) -> None:
         server = app[GATEWAY].config.server
+        # Like nginx (proxy_ignore_client_abort off): a request whose client hangs up stops at
+        # once, releasing its Webapp connection and spool file. The default here, so that tests
+        # serving the app through this runner see what production does.
+        kwargs.setdefault("handler_cancellation", True)
         super().__init__(app, **handler_args(server), **kwargs)
 
     async def _make_server(self) -> web.Server:
