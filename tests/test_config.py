@@ -26,8 +26,8 @@ from gateway.config import (
     listener_ssl_context,
     load_config,
 )
-from gateway.values import Address, Invalid, read_password_file
 from gateway.secret import Secret
+from gateway.values import Address, Invalid, read_password_file
 
 PASSWORD = "Webapp-pass-1!"
 API_KEY = "api-key-0123456789abcdef"
