@@ -17,7 +17,8 @@ USER 10001
 ENV GATEWAY_LISTEN=0.0.0.0:8080 \
     PYTHONUNBUFFERED=1
 EXPOSE 8080
-HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/_gateway/healthz', timeout=2)"]
+# Reads the same configuration as the gateway, so it follows GATEWAY_LISTEN and the TLS listener.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["wa-gateway", "healthcheck"]
 ENTRYPOINT ["wa-gateway"]
 CMD ["serve"]

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SOURCES := gateway tests
 
-.PHONY: run demo test lint fmt bench soak docker-build clean
+.PHONY: run demo test lint fmt soak docker-build clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "wa-gateway needs Python 3.11 or newer")'
@@ -33,6 +33,11 @@ lint: $(STAMP)
 fmt: $(STAMP)
 	$(BIN)/ruff format $(SOURCES)
 	$(BIN)/ruff check --fix $(SOURCES)
+
+# Not part of `make test` (which runs 30 seconds of it): SOAK_SECONDS of traffic, at most 3600.
+SOAK_SECONDS ?= 600
+soak: $(STAMP)
+	$(BIN)/python -m tests.soak --seconds $(SOAK_SECONDS)
 
 docker-build:
 	docker build -t wa-gateway .

@@ -12,6 +12,7 @@ from . import __version__
 from .app import create_app
 from .config import ConfigError, describe, load_config
 from .demo import run_demo
+from .healthcheck import check_health
 from .log import configure_logging
 from .server import INTERRUPTED, ListenError, serve
 
@@ -29,7 +30,10 @@ def _parser() -> argparse.ArgumentParser:
     check_cmd = commands.add_parser(
         "check-config", help="validate the configuration and print it with secrets masked"
     )
-    for command in (serve_cmd, check_cmd):
+    health_cmd = commands.add_parser(
+        "healthcheck", help="exit 0 if the gateway configured here answers its liveness check"
+    )
+    for command in (serve_cmd, check_cmd, health_cmd):
         command.add_argument(
             "--config", metavar="FILE", help="TOML file (default: $GATEWAY_CONFIG, if set)"
         )
@@ -40,19 +44,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
-    environ = os.environ if environ is None else environ
     try:
-        if args.command == "demo":
-            asyncio.run(run_demo(environ))
-            return 0
-        config = load_config(args.config, environ)
-        if args.command == "check-config":
-            for warning in config.warnings:
-                print(f"wa-gateway: warning: {warning}", file=sys.stderr)
-            print("\n".join(describe(config)).rstrip())
-            return 0
-        configure_logging(config.server.log_level)
-        asyncio.run(serve(create_app(config), config))
+        return _run(args, os.environ if environ is None else environ)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"wa-gateway: configuration error: {problem}", file=sys.stderr)
@@ -62,4 +55,20 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return 1
     except KeyboardInterrupt:  # Ctrl-C before serve() has its signal handlers in place
         return INTERRUPTED
+
+
+def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    if args.command == "demo":
+        asyncio.run(run_demo(environ))
+        return 0
+    config = load_config(args.config, environ)
+    if args.command == "check-config":
+        for warning in config.warnings:
+            print(f"wa-gateway: warning: {warning}", file=sys.stderr)
+        print("\n".join(describe(config)).rstrip())
+        return 0
+    if args.command == "healthcheck":
+        return 0 if check_health(config) else 1
+    configure_logging(config.server.log_level)
+    asyncio.run(serve(create_app(config), config))
     return 0

@@ -15,10 +15,11 @@
   (see :func:`gateway.webapp.parse_login`), on the monotonic clock.
 - While logins fail and no token is held, callers get a fast :class:`TokenUnavailable` (503) with
   ``Retry-After`` and the cause; they never trigger a login of their own.
-- A fresh token that the Webapp refuses at once (:meth:`TokenPool.report`) counts as a failed
-  login, so a Webapp that answers 401 to everything meets the same backoff instead of a login per
-  request. After ``breaker_threshold`` failures in a row the login circuit breaker is open until
-  the backoff ends, then half-open for one trial login; its state shows in readiness and metrics.
+- Fresh tokens that the Webapp refuses at once, twice in a row (:meth:`TokenPool.report`), count
+  as failed logins, so a Webapp that answers 401 to everything meets the same backoff instead of
+  a login per request, while a revocation that races a login costs one more login, not a backoff.
+  After ``breaker_threshold`` failures in a row the login circuit breaker is open until the
+  backoff ends, then half-open for one trial login; its state shows in readiness and metrics.
   Each trial logs in and checks the new token with ``check_fn``, so the pool recovers without
   traffic (which a gateway whose readiness says 503 does not get).
 """
@@ -135,6 +136,9 @@ class Breaker(Enum):
     OPEN = 2  # too many failures in a row: no login until the backoff ends
 
 
+# Fresh tokens refused in a row before the Webapp is taken to refuse them all.
+REFUSALS_TO_FAIL = 2
+
 LoginFn = Callable[[Account], Awaitable[Grant]]
 # Whether the Webapp accepts a token (any answer but 401); raises when it cannot tell.
 CheckFn = Callable[[Account, "Token"], Awaitable[bool]]
@@ -180,6 +184,7 @@ class _Slot:
     retry_at: float = 0.0
     logged_in: bool = False
     rejected_generation: int = 0  # the last token counted as refused, so it counts once
+    refused_in_a_row: int = 0  # fresh tokens the Webapp refused, without one accepted since
 
 
 @dataclass(frozen=True)
@@ -236,18 +241,26 @@ class TokenPool:
     def report(self, account: Account, token: Token, *, accepted: bool) -> None:
         """Tell the pool whether the Webapp accepted ``token`` (any answer but 401).
 
-        A refused token that is the newest one was issued for this very request's replay: the
-        Webapp refuses fresh tokens, which counts as a failure (once per token). An accepted one
-        clears such failures.
+        A refused token that is the newest one was issued for this very request's replay. It is
+        dropped, so that the next caller logs in afresh; once fresh tokens are refused twice in a
+        row (a revocation racing a login explains one), the Webapp refuses fresh tokens, and each
+        further one counts as a failed login. An accepted token clears all that.
         """
         slot = self._slots.get(account)
         if slot is None or token.generation != slot.generation:
             return
         if accepted:
-            if isinstance(slot.last_failure, TokenRejected):
-                slot.failures, slot.last_failure, slot.retry_at = 0, None, 0.0
-        elif slot.rejected_generation != token.generation:
-            slot.rejected_generation = token.generation
+            if slot.refused_in_a_row:
+                slot.refused_in_a_row = 0
+                if isinstance(slot.last_failure, TokenRejected):
+                    slot.failures, slot.last_failure, slot.retry_at = 0, None, 0.0
+            return
+        if slot.rejected_generation == token.generation:
+            return  # many replays waited for this token: one refusal
+        slot.rejected_generation = token.generation
+        slot.refused_in_a_row += 1
+        self.invalidate(account, token)
+        if slot.refused_in_a_row >= REFUSALS_TO_FAIL:
             failure = TokenRejected(f"The Webapp refused token {token.fingerprint} at once.")
             self._failed(slot, failure, self.clock.monotonic())
 
@@ -428,11 +441,11 @@ class TokenPool:
         """When the background task should next log in for ``slot``, and why."""
         if slot.login is not None:
             return math.inf, ""
+        if isinstance(slot.last_failure, TokenRejected):
+            return slot.retry_at, "recheck"  # a fresh token, checked before readiness returns
         token = self._tokens.get(slot.account)
         if token is None:
             return slot.retry_at, "missing"
-        if isinstance(slot.last_failure, TokenRejected):
-            return slot.retry_at, "recheck"  # a fresh token, checked before readiness returns
         return max(token.refresh_at, slot.retry_at), "refresh"
 
     def _schedule(self, now: float) -> Iterator[float]:

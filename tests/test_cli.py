@@ -18,6 +18,8 @@ import trustme
 from pytest_aiohttp import AiohttpServer
 
 from gateway import __version__
+from gateway.config import load_config
+from gateway.healthcheck import health_url
 
 from .processes import serve_gateway, start_simulator
 
@@ -352,3 +354,13 @@ def test_config_option_is_refused_by_demo(tmp_path: Path) -> None:
     result = gateway("demo", "--config", "x.toml", env={}, cwd=tmp_path)
     assert result.returncode == 2
     assert "unrecognized arguments: --config x.toml" in result.stderr
+
+
+def test_healthcheck_reads_the_listen_address_and_tls_from_the_configuration() -> None:
+    base = {"WA_WEBAPP_URL": "http://127.0.0.1:9", "WA_PASSWORD": "Some-pass-1!"}
+    for listen, url in [
+        ("0.0.0.0:8080", "http://127.0.0.1:8080/_gateway/healthz"),
+        ("[::]:9000", "http://[::1]:9000/_gateway/healthz"),
+        ("10.1.2.3:80", "http://10.1.2.3:80/_gateway/healthz"),
+    ]:
+        assert health_url(load_config(None, {**base, "GATEWAY_LISTEN": listen})) == url

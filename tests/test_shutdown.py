@@ -189,3 +189,37 @@ async def test_idle_keepalive_connections_do_not_hold_up_the_exit(start: Start) 
         assert loop.time() - signalled < 2.0
     assert_stopped_in_order(gateway)
     assert not gateway.named("gateway.requests_cut")
+
+
+async def test_an_idle_keepalive_connection_is_closed_when_the_listener_closes(
+    sim_url: tuple[Simulator, str], start: Start
+) -> None:
+    """While a slow request keeps the gateway in its grace period, a client that reuses an idle
+    kept-alive connection finds it closed, rather than waiting on a request nobody will read."""
+    sim, _ = sim_url
+    sim.faults = [Fault("delay", path="/v1/messages", delay=HELD)]
+    gateway = await start(GATEWAY_SHUTDOWN_DRAIN="0", GATEWAY_SHUTDOWN_GRACE="30")
+    host, port = gateway.url.removeprefix("http://").rsplit(":", 1)
+    health = f"GET /_gateway/healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(health)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+        assert head.startswith(b"HTTP/1.1 200")
+        (length,) = [
+            int(line.split(b":")[1]) for line in head.split(b"\r\n") if b"Content-Length" in line
+        ]
+        await asyncio.wait_for(reader.readexactly(length), WAIT)  # idle and kept alive now
+        async with in_background(post_message(gateway.url)):
+            await until_seen(sim, "/v1/messages")
+            gateway.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(WAIT):
+                while not gateway.named("gateway.stopping"):
+                    await asyncio.sleep(0.02)
+            writer.write(health)
+            # Closed (or, had the request slipped in before the listener closed, answered and
+            # then closed): either way the connection ends, it does not hang.
+            rest = await asyncio.wait_for(reader.read(), WAIT)
+            assert rest == b"" or rest.startswith(b"HTTP/1.1 200")
+    finally:
+        writer.close()

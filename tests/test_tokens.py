@@ -336,12 +336,30 @@ async def test_closing_the_pool_stops_a_login_in_flight(logins: Logins) -> None:
     assert all(task.done() for task in asyncio.all_tasks() if task is not asyncio.current_task())
 
 
-async def test_a_fresh_token_refused_at_once_counts_as_one_failure(
+async def refuse_fresh_tokens(pool: TokenPool, times: int) -> Token:
+    """``times`` fresh tokens in a row, each refused by the Webapp at once; the last one."""
+    for _ in range(times):
+        token = await pool.token(ACCOUNT)
+        pool.report(ACCOUNT, token, accepted=False)
+    return token
+
+
+async def test_one_refused_fresh_token_is_replaced_without_a_backoff(
     pool: TokenPool, logins: Logins
 ) -> None:
-    token = await pool.token(ACCOUNT)
-    for _ in range(20):  # twenty replays refused with the same fresh token
+    """A revocation that races a login explains one refusal: log in again at once."""
+    token = await refuse_fresh_tokens(pool, 1)
+    for _ in range(20):  # twenty replays refused with the same fresh token: one refusal
         pool.report(ACCOUNT, token, accepted=False)
+    assert pool.readiness(ACCOUNT).ready
+    assert (await pool.token(ACCOUNT)).generation == 2
+    assert pool.metrics.logins.labels("token_rejected")._value.get() == 0
+
+
+async def test_fresh_tokens_refused_twice_in_a_row_count_as_a_failed_login(
+    pool: TokenPool, logins: Logins
+) -> None:
+    await refuse_fresh_tokens(pool, 2)
     readiness = pool.readiness(ACCOUNT)
     assert not readiness.ready
     assert "token_rejected, 1 in a row" in readiness.reason
@@ -378,12 +396,10 @@ async def test_the_breaker_opens_after_failures_in_a_row_and_half_opens_after_th
 async def test_refused_fresh_tokens_open_the_breaker_until_a_token_is_accepted(
     pool: TokenPool, clock: FakeClock
 ) -> None:
-    for attempt in range(3):
-        token = await pool.token(ACCOUNT)
-        pool.report(ACCOUNT, token, accepted=False)
-        pool.invalidate(ACCOUNT, token)
-        if attempt < 2:
-            clock.advance(CONFIG.backoff_max)
+    await refuse_fresh_tokens(pool, 2)  # the first failure
+    for _ in range(2):  # two more, each after the backoff of the one before
+        clock.advance(CONFIG.backoff_max)
+        await refuse_fresh_tokens(pool, 1)
     assert pool.breaker(ACCOUNT) is Breaker.OPEN
     clock.advance(CONFIG.backoff_max)
     token = await pool.token(ACCOUNT)
@@ -396,13 +412,11 @@ async def test_refused_fresh_tokens_open_the_breaker_until_a_token_is_accepted(
 async def test_while_refused_tokens_back_off_callers_get_fast_503s(
     pool: TokenPool, logins: Logins
 ) -> None:
-    token = await pool.token(ACCOUNT)
-    pool.report(ACCOUNT, token, accepted=False)
-    pool.invalidate(ACCOUNT, token)
+    await refuse_fresh_tokens(pool, 2)
     for _ in range(20):
         with pytest.raises(TokenUnavailable):
             await pool.token(ACCOUNT)
-    assert logins.calls == 1
+    assert logins.calls == 2
 
 
 async def test_the_login_task_does_not_inherit_the_callers_log_context(
@@ -433,8 +447,7 @@ async def test_after_refused_tokens_the_pool_checks_a_fresh_one_by_itself() -> N
     pool = TokenPool(logins, config, Metrics(), SystemClock(), check_fn=check)
     pool.start([ACCOUNT])
     try:
-        token = await pool.token(ACCOUNT)
-        pool.report(ACCOUNT, token, accepted=False)  # a request's replay was refused
+        await refuse_fresh_tokens(pool, 2)  # two requests' replays were refused
         assert not pool.readiness(ACCOUNT).ready
         async with asyncio.timeout(5):
             while not pool.readiness(ACCOUNT).ready:
@@ -442,7 +455,7 @@ async def test_after_refused_tokens_the_pool_checks_a_fresh_one_by_itself() -> N
     finally:
         await pool.close()
     assert verdicts == []
-    assert logins.calls == 3  # the first token, one refused on its check, one accepted
+    assert logins.calls == 4  # two refused by requests, one refused on its check, one accepted
 
 
 async def test_a_check_that_cannot_tell_keeps_the_pool_backing_off() -> None:
@@ -458,7 +471,7 @@ async def test_a_check_that_cannot_tell_keeps_the_pool_backing_off() -> None:
     pool = TokenPool(logins, config, Metrics(), SystemClock(), check_fn=check)
     pool.start([ACCOUNT])
     try:
-        pool.report(ACCOUNT, await pool.token(ACCOUNT), accepted=False)
+        await refuse_fresh_tokens(pool, 2)
         async with asyncio.timeout(5):
             while checks < 3:
                 await asyncio.sleep(0.01)
