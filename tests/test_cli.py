@@ -6,6 +6,7 @@ timeout, so that neither the developer's environment nor a hung server can chang
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from gateway import __version__
 from gateway.config import load_config
 from gateway.healthcheck import health_url
 
-from .processes import serve_gateway, start_simulator
+from .processes import child_env, serve_gateway, start_simulator
 
 REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "Cli-Webapp-pass-1!"
@@ -38,10 +39,11 @@ TIMEOUT = 30.0
 def gateway(
     *args: str, env: Mapping[str, str], cwd: Path, timeout: float = TIMEOUT
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m gateway ARGS`` with exactly ``env`` (plus what Python needs to start)."""
+    """Run ``python -m gateway ARGS`` with exactly ``env`` (plus what Python needs to start, and
+    coverage's variables so that the child is measured too)."""
     return subprocess.run(  # noqa: S603 - our own interpreter and arguments
         [sys.executable, "-m", "gateway", *args],
-        env={"PYTHONPATH": str(REPO), "PYTHONIOENCODING": "utf-8", **env},
+        env=child_env({"PYTHONPATH": str(REPO), "PYTHONIOENCODING": "utf-8", **env}),
         cwd=cwd,
         capture_output=True,
         encoding="utf-8",
@@ -364,3 +366,15 @@ def test_healthcheck_reads_the_listen_address_and_tls_from_the_configuration() -
         ("10.1.2.3:80", "http://10.1.2.3:80/_gateway/healthz"),
     ]:
         assert health_url(load_config(None, {**base, "GATEWAY_LISTEN": listen})) == url
+
+
+async def test_healthcheck_exits_0_while_the_gateway_answers_and_1_once_it_is_gone(
+    aiohttp_server: AiohttpServer, tmp_path: Path
+) -> None:
+    _, webapp_url = await start_simulator(aiohttp_server)
+    async with serve_gateway(webapp_url, tmp_path) as process:
+        env = {**BASE, "GATEWAY_LISTEN": process.url.removeprefix("http://")}
+        running = await asyncio.to_thread(gateway, "healthcheck", env=env, cwd=tmp_path)
+    gone = await asyncio.to_thread(gateway, "healthcheck", env=env, cwd=tmp_path)
+    assert (running.returncode, gone.returncode) == (0, 1)
+    assert running.stdout == running.stderr == gone.stderr == ""
