@@ -233,7 +233,7 @@ class TokenPool:
             return token
         if slot.last_failure is not None and now < slot.retry_at:
             raise self._unavailable(slot, now)
-        outcome = await asyncio.shield(self._start_login(slot, "missing"))
+        outcome = await asyncio.shield(self._start_login(slot, "no_token"))
         if isinstance(outcome, LoginFailed):
             raise self._unavailable(slot, self.clock.monotonic())
         return outcome
@@ -445,7 +445,7 @@ class TokenPool:
             return slot.retry_at, "recheck"  # a fresh token, checked before readiness returns
         token = self._tokens.get(slot.account)
         if token is None:
-            return slot.retry_at, "missing"
+            return slot.retry_at, "no_token"
         return max(token.refresh_at, slot.retry_at), "refresh"
 
     def _schedule(self, now: float) -> Iterator[float]:
