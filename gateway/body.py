@@ -11,13 +11,16 @@ descriptor even if the process dies) through worker threads, never blocking the 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import tempfile
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
-from .errors import BadFraming, BodyTooLarge, RequestTimeout
+from .errors import BadFraming, BodyTooLarge, RequestTimeout, SpoolFailed
+
+T = TypeVar("T")
 
 # Disk I/O goes through a worker thread; batching keeps the thread hops few.
 _IO_CHUNK = 256 * 1024
@@ -53,7 +56,7 @@ class ReplayableBody:
         held_size = size = 0
         file: BinaryIO | None = None
         try:
-            async with asyncio.timeout(loop.time() + idle_timeout) as deadline:
+            async with asyncio.timeout_at(loop.time() + idle_timeout) as deadline:
                 async for chunk in chunks:
                     size += len(chunk)
                     if size > max_size:
@@ -61,13 +64,13 @@ class ReplayableBody:
                     held.append(chunk)
                     held_size += len(chunk)
                     if file is None and size > memory_limit:
-                        file = await asyncio.to_thread(_spool_file, spool_dir)
+                        file = await _on_disk(_spool_file, spool_dir)
                     if file is not None and held_size >= _IO_CHUNK:
-                        await asyncio.to_thread(file.writelines, held)
+                        await _on_disk(file.writelines, held)
                         held, held_size = [], 0
                     deadline.reschedule(loop.time() + idle_timeout)
             if file is not None:
-                await asyncio.to_thread(_finish, file, held)
+                await _on_disk(_finish, file, held)
                 return cls(b"", file, size)
         except TimeoutError:
             if file is not None:
@@ -116,6 +119,18 @@ def check_declared_size(content_length: int | None, max_size: int) -> None:
 
 def _too_large(max_size: int) -> str:
     return f"The request body is larger than the gateway's limit of {max_size} bytes."
+
+
+async def _on_disk(function: Callable[..., T], *args: object) -> T:
+    """Run a spool-file operation in a worker thread; a full or broken disk is the gateway's
+    trouble, named (errno) and answered with 503, not a crash."""
+    try:
+        return await asyncio.to_thread(function, *args)
+    except OSError as exc:
+        reason = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+        raise SpoolFailed(
+            f"The gateway could not store the request body ({reason}); see GATEWAY_SPOOL_DIR."
+        ) from None
 
 
 def _spool_file(spool_dir: Path | None) -> BinaryIO:

@@ -17,6 +17,7 @@ requests the gateway refuses, and requests for which it could not get an answer,
     └── Unavailable             no answer from the Webapp (5xx)
         ├── WebappUnreachable   502  1014 Internal error
         ├── Overloaded          503  1016 System overloaded (with Retry-After)
+        ├── SpoolFailed         503  1014 Internal error (the body could not be stored)
         ├── TokenUnavailable    503  1011 Service not ready (with Retry-After)
         └── WebappTimeout       504  1014 Internal error
 """
@@ -133,6 +134,12 @@ class Overloaded(Unavailable):
     status = 503
     code = 1016
     title = "System overloaded"
+
+
+class SpoolFailed(Unavailable):
+    status = 503
+    code = 1014
+    title = "Internal error"
 
 
 class TokenUnavailable(Unavailable):

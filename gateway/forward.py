@@ -54,24 +54,25 @@ class Forwarder:
         self, request: web.Request, target: Target, exchange: Exchange
     ) -> web.StreamResponse:
         """Forward ``request`` and stream the Webapp's answer back."""
+        # Everything the client sent is checked before its body is received or a token awaited.
+        headers = upstream_headers(
+            request.headers,
+            request_id=exchange.request_id,
+            client=request.remote,
+            scheme=request.scheme,
+        )
         check_declared_size(request.content_length, self.server.max_body)
         body = await self._receive(request)
         exchange.bytes_in = body.size
         try:
+            if request.body_exists:
+                headers["Content-Length"] = str(body.size)
             token: Token | None = None
             if target.action is Action.FORWARD_APIKEY and self.api_key is not None:
-                authorization = f"Apikey {self.api_key.reveal()}"
+                headers["Authorization"] = f"Apikey {self.api_key.reveal()}"
             else:
                 token = await self.pool.token(self.webapp.account)
-                authorization = f"Bearer {token.value.reveal()}"
-            headers = upstream_headers(
-                request.headers,
-                authorization=authorization,
-                request_id=exchange.request_id,
-                client=request.remote,
-                scheme=request.scheme,
-                content_length=body.size if request.body_exists else None,
-            )
+                headers["Authorization"] = f"Bearer {token.value.reveal()}"
             answer = await self._send(request.method, target, headers, body, exchange)
             if token is not None:
                 if answer.status == 401:
@@ -149,7 +150,7 @@ class Forwarder:
         try:
             # One deadline, moved before every wait: the Webapp may stay silent for
             # upstream_idle_timeout, the client may stop reading for client_send_timeout.
-            async with asyncio.timeout(loop.time() + limits.client_send_timeout) as deadline:
+            async with asyncio.timeout_at(loop.time() + limits.client_send_timeout) as deadline:
                 await response.prepare(request)
                 while True:
                     waiting_for = "webapp"

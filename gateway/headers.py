@@ -69,13 +69,13 @@ def _connection_named(headers: MultiMapping[str]) -> frozenset[str]:
 def upstream_headers(
     incoming: MultiMapping[str],
     *,
-    authorization: str,
     request_id: str,
     client: str | None,
     scheme: str,
-    content_length: int | None,
 ) -> CIMultiDict[str]:
-    """The headers sent to the Webapp for a client's request."""
+    """The headers sent to the Webapp for a client's request, but for ``Authorization`` and
+    ``Content-Length``, which the forwarder sets once it has them. Raises :class:`BadRequest`
+    for a value that could only be sent altered (see :func:`refuse_undecodable`)."""
     named = _connection_named(incoming)
     dropped = _UPSTREAM_DROPPED | named if named else _UPSTREAM_DROPPED
     headers: CIMultiDict[str] = CIMultiDict(
@@ -94,16 +94,14 @@ def upstream_headers(
     if "Host" in incoming:
         headers["X-Forwarded-Host"] = incoming["Host"]
     headers[REQUEST_ID] = request_id
-    headers["Authorization"] = authorization
-    if content_length is not None:
-        headers["Content-Length"] = str(content_length)
-    _refuse_undecodable(headers.values())
+    refuse_undecodable(headers.values())
     return headers
 
 
-def _refuse_undecodable(values: Iterable[str]) -> None:
-    # The parser keeps bytes that are not UTF-8 as lone surrogates; aiohttp's client would
-    # silently drop them, so the Webapp would get a value the client never sent.
+def refuse_undecodable(values: Iterable[str]) -> None:
+    """Refuse header values that are not UTF-8 (400): the parser keeps such bytes as lone
+    surrogates, and aiohttp's client would silently drop them, so the Webapp would get a value
+    the client never sent."""
     for value in values:
         if not value.isascii():
             try:

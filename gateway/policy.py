@@ -137,13 +137,17 @@ _PATH_CHARS = _UNRESERVED | frozenset("!$&'()*+,;=:@/%")
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # Escaped, these would let one path mean two things: a separator to one server, data to another.
-_REFUSED_BYTES = frozenset({*range(0x20), 0x7F, ord("/"), ord("\\")})
+# An escaped "%" is a second layer of escaping: a server that decodes twice would see another
+# path (/v1/%2575sers is /v1/users to it) than the one checked here.
+_REFUSED_BYTES = frozenset({*range(0x20), 0x7F, ord("/"), ord("\\"), ord("%")})
 
 
 def _normalise_escape(match: re.Match[str]) -> str:
     byte = int(match.group(1), 16)
     if byte in _REFUSED_BYTES:
-        raise BadRequest("The path holds an escaped slash, backslash or control character.")
+        raise BadRequest(
+            "The path holds an escaped slash, backslash, percent sign or control character."
+        )
     char = chr(byte)
     return char if char in _UNRESERVED else "%" + match.group(1).upper()
 

@@ -32,7 +32,7 @@ import contextvars
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import NamedTuple, Protocol
@@ -43,6 +43,13 @@ from cachetools import TLRUCache
 from .config import TokenConfig
 from .errors import TokenUnavailable
 from .log import log_crash
+from .login import (
+    Grant,
+    InvalidLoginAnswer,
+    LoginFailed,
+    TokenRejected,
+    WebappUnavailable,
+)
 from .metrics import Metrics
 from .secret import Secret
 
@@ -72,60 +79,6 @@ class Account(NamedTuple):
 
     url: str
     username: str
-
-
-@dataclass(frozen=True)
-class Grant:
-    """What a login yields: the token, and how long it lives from when the login was sent."""
-
-    token: Secret
-    lifetime: float
-
-
-class LoginFailed(Exception):
-    """A login that produced no token; ``kind`` names the cause for metrics, logs and callers."""
-
-    kind = "error"
-    advice = "See the gateway's log."
-
-    def __init__(self, details: str) -> None:
-        super().__init__(details)
-        self.details = details
-
-
-class BadCredentials(LoginFailed):
-    """The Webapp refused the username or password (401 at login)."""
-
-    kind = "bad_credentials"
-    advice = "Check WA_USERNAME and WA_PASSWORD (or WA_PASSWORD_FILE)."
-
-
-class PasswordChangeRequired(LoginFailed):
-    """The Webapp wants the password changed before it issues a token."""
-
-    kind = "password_change_required"
-    advice = "Set a new password for the Webapp user, then configure it in the gateway."
-
-
-class WebappUnavailable(LoginFailed):
-    """The Webapp could not be reached, timed out, or answered 5xx or 429."""
-
-    kind = "webapp_unavailable"
-    advice = "The gateway keeps retrying; check that the Webapp is up and reachable."
-
-
-class InvalidLoginAnswer(LoginFailed):
-    """The Webapp answered the login, but not with a usable token."""
-
-    kind = "invalid_answer"
-    advice = "The gateway keeps retrying; check the Webapp's version and clock."
-
-
-class TokenRejected(LoginFailed):
-    """The login succeeded, but the Webapp refused the new token at once."""
-
-    kind = "token_rejected"
-    advice = "The Webapp issues tokens it then refuses; check the Webapp and its user."
 
 
 class Breaker(Enum):
@@ -185,6 +138,9 @@ class _Slot:
     logged_in: bool = False
     rejected_generation: int = 0  # the last token counted as refused, so it counts once
     refused_in_a_row: int = 0  # fresh tokens the Webapp refused, without one accepted since
+    # Fresh tokens were refused REFUSALS_TO_FAIL times in a row: until a token is accepted, the
+    # pool is not ready and the background task logs in and checks the token after each backoff.
+    needs_check: bool = False
 
 
 @dataclass(frozen=True)
@@ -250,10 +206,10 @@ class TokenPool:
         if slot is None or token.generation != slot.generation:
             return
         if accepted:
-            if slot.refused_in_a_row:
-                slot.refused_in_a_row = 0
-                if isinstance(slot.last_failure, TokenRejected):
+            if slot.refused_in_a_row or slot.needs_check:
+                if slot.needs_check:  # the failures counted meanwhile were all about this
                     slot.failures, slot.last_failure, slot.retry_at = 0, None, 0.0
+                slot.refused_in_a_row, slot.needs_check = 0, False
             return
         if slot.rejected_generation == token.generation:
             return  # many replays waited for this token: one refusal
@@ -261,6 +217,7 @@ class TokenPool:
         slot.refused_in_a_row += 1
         self.invalidate(account, token)
         if slot.refused_in_a_row >= REFUSALS_TO_FAIL:
+            slot.needs_check = True
             failure = TokenRejected(f"The Webapp refused token {token.fingerprint} at once.")
             self._failed(slot, failure, self.clock.monotonic())
 
@@ -282,7 +239,7 @@ class TokenPool:
         """Ready while a usable token is held or the last login succeeded."""
         slot = self._slot(account)
         failure = slot.last_failure
-        if account in self._tokens and not isinstance(failure, TokenRejected):
+        if account in self._tokens and not slot.needs_check:
             return Readiness(True, "holding a valid token")
         if failure is not None:
             breaker = self.breaker(account).name.lower().replace("_", "-")
@@ -314,6 +271,7 @@ class TokenPool:
         for account in accounts:
             self._slot(account)
         self._refresher = asyncio.get_running_loop().create_task(self._refresh_forever())
+        self._refresher.add_done_callback(_refresher_ended)
 
     async def close(self) -> None:
         """Stop the background task and any login in flight."""
@@ -356,7 +314,7 @@ class TokenPool:
         try:
             outcome = await self._obtain(slot, reason)
             if isinstance(outcome, Token) and reason == "recheck":
-                await self._check(slot, outcome)
+                return await self._check(slot, outcome) or outcome
             return outcome
         finally:
             slot.login = None
@@ -370,7 +328,7 @@ class TokenPool:
         except LoginFailed as exc:
             return self._failed(slot, exc, sent_at)
         except TimeoutError:
-            failure = WebappUnavailable(
+            failure: LoginFailed = WebappUnavailable(
                 f"The login took longer than {self.config.login_timeout} s."
             )
             return self._failed(slot, failure, sent_at)
@@ -379,6 +337,11 @@ class TokenPool:
             return self._failed(
                 slot, LoginFailed(f"The login crashed: {type(exc).__name__}."), sent_at
             )
+        if sent_at + grant.lifetime <= self.clock.monotonic():  # the login took longer than it
+            failure = InvalidLoginAnswer(
+                f"The token expired before the login ended ({grant.lifetime:.1f} s lifetime)."
+            )
+            return self._failed(slot, failure, sent_at)
         slot.generation += 1
         token = Token(
             value=grant.token,
@@ -389,7 +352,7 @@ class TokenPool:
         self._tokens[slot.account] = token
         slot.logged_in = True
         # A login proves little while the Webapp refuses fresh tokens: report() clears those.
-        if not isinstance(slot.last_failure, TokenRejected):
+        if not slot.needs_check:
             slot.failures, slot.last_failure, slot.retry_at = 0, None, 0.0
         self.metrics.logins.labels("ok").inc()
         if reason == "refresh":
@@ -404,21 +367,22 @@ class TokenPool:
         )
         return token
 
-    async def _check(self, slot: _Slot, token: Token) -> None:
+    async def _check(self, slot: _Slot, token: Token) -> LoginFailed | None:
         """Ask the Webapp whether it accepts ``token`` now, so that a gateway taken out of
-        rotation by its readiness (which no request then reaches) finds out by itself."""
-        if self.check_fn is None:
-            return
-        try:
-            async with asyncio.timeout(self.config.login_timeout):
-                accepted = await self.check_fn(slot.account, token)
-        except Exception as exc:  # TimeoutError and the Webapp's failures alike: try again later
-            failure = TokenRejected(
-                f"Token {token.fingerprint} could not be checked ({type(exc).__name__})."
-            )
-            self._failed(slot, failure, self.clock.monotonic())
-            return
+        rotation by its readiness (which no request then reaches) finds out by itself; the
+        failure if it does not (or cannot tell), else None. Without ``check_fn``, accepted."""
+        accepted = True
+        if self.check_fn is not None:
+            try:
+                async with asyncio.timeout(self.config.login_timeout):
+                    accepted = await self.check_fn(slot.account, token)
+            except Exception as exc:  # TimeoutError and the Webapp's failures: try again later
+                failure = WebappUnavailable(
+                    f"Token {token.fingerprint} could not be checked ({type(exc).__name__})."
+                )
+                return self._failed(slot, failure, self.clock.monotonic())
         self.report(slot.account, token, accepted=accepted)
+        return None if accepted else slot.last_failure
 
     def _failed(self, slot: _Slot, failure: LoginFailed, sent_at: float) -> LoginFailed:
         slot.failures += 1
@@ -437,30 +401,39 @@ class TokenPool:
         )
         return failure
 
-    def _due(self, slot: _Slot, now: float) -> tuple[float, str]:
+    def _due(self, slot: _Slot) -> tuple[float, str]:
         """When the background task should next log in for ``slot``, and why."""
         if slot.login is not None:
             return math.inf, ""
-        if isinstance(slot.last_failure, TokenRejected):
+        if slot.needs_check:
             return slot.retry_at, "recheck"  # a fresh token, checked before readiness returns
         token = self._tokens.get(slot.account)
         if token is None:
             return slot.retry_at, "no_token"
         return max(token.refresh_at, slot.retry_at), "refresh"
 
-    def _schedule(self, now: float) -> Iterator[float]:
+    def _start_due_logins(self, now: float) -> float:
+        """Start every login that is due; return when the next one will be."""
+        next_due = math.inf
         for slot in list(self._slots.values()):
-            due, reason = self._due(slot, now)
+            due, reason = self._due(slot)
             if due <= now:
                 self._start_login(slot, reason)
             else:
-                yield due
+                next_due = min(next_due, due)
+        return next_due
 
     async def _refresh_forever(self) -> None:
         while True:
             self._wake.clear()
             now = self.clock.monotonic()
-            next_due = min(self._schedule(now), default=math.inf)
+            next_due = self._start_due_logins(now)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(next_due - now, 3600.0)):
                     await self._wake.wait()
+
+
+def _refresher_ended(task: asyncio.Task[None]) -> None:
+    # The refresher only ends when cancelled at close; anything else is a bug to be seen.
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log_crash("token.refresher_crashed", exc)

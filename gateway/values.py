@@ -58,7 +58,8 @@ def _nonempty(value: object) -> str:
 
 
 def _basic_auth_text(text: str) -> None:
-    # The Webapp login is HTTP Basic auth, which aiohttp encodes as Latin-1.
+    # The Webapp login is HTTP Basic auth, which the gateway encodes as Latin-1 (webapp.py): the
+    # historical default that servers decode alike; UTF-8 would differ from it beyond ASCII.
     try:
         text.encode("latin-1")
     except UnicodeEncodeError:

@@ -7,12 +7,8 @@ where client exceptions become gateway errors. :func:`parse_login` reads a login
 from __future__ import annotations
 
 import asyncio
-import json
 import ssl
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
-from typing import cast
 
 import aiohttp
 from multidict import CIMultiDict
@@ -20,113 +16,15 @@ from yarl import URL
 
 from .config import Config
 from .errors import GatewayError, WebappTimeout, WebappUnreachable
+from .login import BadCredentials, Grant, InvalidLoginAnswer, WebappUnavailable, parse_login
 from .secret import Secret
-from .tokens import (
-    Account,
-    BadCredentials,
-    Clock,
-    Grant,
-    InvalidLoginAnswer,
-    PasswordChangeRequired,
-    SystemClock,
-    Token,
-    WebappUnavailable,
-)
+from .tokens import Account, Clock, SystemClock, Token
 from .values import Invalid, read_password_file
 
 LOGIN_PATH = "/v1/users/login"
 CHECK_PATH = "/v1/health"
-PASSWORD_CHANGE_REQUIRED = 1024
 # A login answer is a few hundred bytes; anything much larger is not one.
 MAX_LOGIN_ANSWER = 64 * 1024
-# The Date header has whole seconds: the Webapp's clock may be up to this much later than it says.
-DATE_RESOLUTION = 1.0
-
-
-def parse_login(status: int, date: str | None, body: bytes, local_now: float) -> Grant:
-    """Read a login answer; raise the :class:`~gateway.tokens.LoginFailed` that names the cause.
-
-    The token's lifetime is ``expires_after`` minus the Webapp's ``Date`` when the answer has one,
-    so a skewed local clock cannot make the gateway hold an expired token; without ``Date`` it is
-    measured against ``local_now``. ``expires_after`` is read in both known formats
-    (``2021-09-14 15:29:26+00:00`` and ``2018-03-01T15:29:26.000Z``); one without a zone is UTC.
-    """
-    document = _json_object(body)
-    code = _error_code(document)
-    if code == PASSWORD_CHANGE_REQUIRED:
-        raise PasswordChangeRequired(
-            f"The Webapp requires a new password before it issues tokens ({status}, code {code})."
-        )
-    if status == 401:
-        raise BadCredentials(f"The Webapp refused the gateway's credentials ({status}).")
-    if status == 429 or status >= 500:
-        raise WebappUnavailable(f"The Webapp answered the login with {status}.")
-    if not 200 <= status < 300:
-        raise InvalidLoginAnswer(f"The Webapp answered the login with {status} (code {code}).")
-    token, expires_after = _token_fields(document)
-    expires_at = _parse_expiry(expires_after)
-    server_now = _parse_http_date(date)
-    if server_now is None:
-        lifetime = expires_at - local_now
-    else:
-        lifetime = expires_at - server_now - DATE_RESOLUTION
-    if lifetime <= 0:
-        raise InvalidLoginAnswer(
-            f"The Webapp issued a token that had already expired (expires_after {expires_after!r})."
-        )
-    return Grant(Secret(token), lifetime)
-
-
-def _json_object(body: bytes) -> dict[str, object] | None:
-    try:
-        document = json.loads(body)
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
-        return None
-    return cast(dict[str, object], document) if isinstance(document, dict) else None
-
-
-def _error_code(document: dict[str, object] | None) -> int | None:
-    errors = document.get("errors") if document else None
-    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
-        code = errors[0].get("code")
-        return code if isinstance(code, int) else None
-    return None
-
-
-def _token_fields(document: dict[str, object] | None) -> tuple[str, str]:
-    if document is None:
-        raise InvalidLoginAnswer("The Webapp answered the login with something other than JSON.")
-    users = document.get("users")
-    user = users[0] if isinstance(users, list) and users else None
-    if not isinstance(user, dict):
-        raise InvalidLoginAnswer("The Webapp's login answer has no users[0].")
-    token, expires_after = user.get("token"), user.get("expires_after")
-    if not isinstance(token, str) or not token:
-        raise InvalidLoginAnswer("The Webapp's login answer has no token.")
-    if not isinstance(expires_after, str):
-        raise InvalidLoginAnswer("The Webapp's login answer has no expires_after.")
-    return token, expires_after
-
-
-def _parse_expiry(text: str) -> float:
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise InvalidLoginAnswer(
-            f"The Webapp's expires_after {text[:40]!r} is not a date the gateway knows."
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
-
-
-def _parse_http_date(date: str | None) -> float | None:
-    if not date:
-        return None
-    try:
-        return parsedate_to_datetime(date).timestamp()
-    except (TypeError, ValueError):
-        return None
 
 
 def ssl_context(config: Config) -> ssl.SSLContext | bool:
@@ -139,9 +37,16 @@ def ssl_context(config: Config) -> ssl.SSLContext | bool:
     return ssl.create_default_context(cafile=str(webapp.ca_file))
 
 
-def translate(exc: BaseException) -> GatewayError:
+_CONNECT_HINT = "GATEWAY_CONNECT_TIMEOUT"
+
+
+def translate(exc: BaseException) -> GatewayError:  # noqa: PLR0911 - one answer per kind
     """The gateway error, with its ``kind`` for metrics and logs, for a failed exchange."""
-    if isinstance(exc, TimeoutError):  # aiohttp's timeouts are TimeoutErrors too
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):  # nothing was sent: unreachable, not slow
+        return WebappUnreachable(
+            f"The gateway could not connect to the Webapp within {_CONNECT_HINT}.", kind="connect"
+        )
+    if isinstance(exc, TimeoutError):  # aiohttp's other timeouts are TimeoutErrors too
         return WebappTimeout("The Webapp did not answer in time.", kind="timeout")
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return WebappUnreachable(_certificate_refusal(exc.certificate_error), kind="tls")
@@ -260,7 +165,9 @@ class Webapp:
         """Log in as ``account`` with Basic auth; raise :class:`LoginFailed` naming the cause."""
         password = await self._password()
         headers = {
-            "Authorization": aiohttp.encode_basic_auth(account.username, password.reveal()),
+            "Authorization": aiohttp.encode_basic_auth(
+                account.username, password.reveal(), encoding="latin-1"
+            ),
             "Accept": "application/json",
         }
         local_now = self._clock.time()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import aiohttp
 import pytest
 
@@ -146,3 +148,30 @@ async def test_the_gateway_keeps_serving_after_every_kind_of_failure(make_rig: M
     assert statuses == [502, 502, -1, 504, 500]
     async with rig.client.post("/v1/messages", json=MESSAGE) as response:
         assert response.status == 201
+
+
+async def test_a_connection_that_cannot_be_opened_in_time_gives_502_not_504(
+    make_rig: MakeRig,
+) -> None:
+    """Nothing was sent, so the answer must not suggest that the Webapp might have acted: 502.
+    A listening socket whose accept queue is full never completes a connection; GET /v1/health
+    goes with the API key, so no login is needed first."""
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    port = full.getsockname()[1]
+    fillers = [socket.socket() for _ in range(8)]
+    try:
+        for filler in fillers:  # fill the accept queue: further connections hang in SYN_SENT
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+        rig = await make_rig(
+            env={"WA_WEBAPP_URL": f"http://127.0.0.1:{port}", "GATEWAY_CONNECT_TIMEOUT": "0.3"}
+        )
+        async with rig.client.get("/v1/health") as response:
+            assert response.status == 502
+            assert "GATEWAY_CONNECT_TIMEOUT" in str((await error_of(response))["details"])
+    finally:
+        for filler in fillers:
+            filler.close()
+        full.close()

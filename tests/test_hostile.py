@@ -691,6 +691,23 @@ async def test_a_body_sent_byte_by_byte_gets_408_and_is_never_forwarded(
     await assert_healthy(rig, logs)
 
 
+async def test_a_body_that_never_starts_gets_408_and_is_never_forwarded(
+    make_rig: MakeRig, logs: Logs
+) -> None:
+    """Headers announce a body and not one byte of it follows: the wait for the first byte has
+    the body timeout too, so the request does not hold its slot for ever."""
+    rig = await make_rig(env=LIMITS)
+    async with Connection(rig.client.port) as conn:
+        await conn.send(http(POST, b"Content-Length: 20"))
+        async with asyncio.timeout(8 * IDLE):
+            response = await conn.response()
+    assert response.status == 408
+    assert error_of(response)["code"] == 1025
+    assert forwarded(rig) == []
+    assert rig.gateway.in_flight.count == 0
+    await assert_healthy(rig, logs)
+
+
 async def test_an_idle_keep_alive_connection_is_closed(make_rig: MakeRig, logs: Logs) -> None:
     rig = await make_rig(env=LIMITS)
     async with Connection(rig.client.port) as conn:

@@ -22,9 +22,10 @@ import structlog
 from aiohttp import web
 
 from gateway.log import REDACTED, configure_logging, redact, scrub
+from gateway.login import Grant
 from gateway.secret import MASK, Secret
 from gateway.simulator import Fault
-from gateway.tokens import Account, Grant
+from gateway.tokens import Account
 
 from . import rawhttp
 from .conftest import PASSWORD, Logs, MakeRig, Rig

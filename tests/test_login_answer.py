@@ -8,14 +8,14 @@ from email.utils import format_datetime
 
 import pytest
 
-from gateway.tokens import (
+from gateway.login import (
     BadCredentials,
     InvalidLoginAnswer,
     LoginFailed,
     PasswordChangeRequired,
     WebappUnavailable,
+    parse_login,
 )
-from gateway.webapp import parse_login
 
 NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC).timestamp()
 DATE = format_datetime(datetime.fromtimestamp(NOW, UTC), usegmt=True)
@@ -87,6 +87,8 @@ def test_without_a_date_header_the_local_clock_is_used() -> None:
         (200, answer(token=None), InvalidLoginAnswer),
         (200, answer(token=""), InvalidLoginAnswer),
         (200, answer(token=42), InvalidLoginAnswer),
+        (200, answer(token="to\r\nken"), InvalidLoginAnswer),
+        (200, answer(token="two words"), InvalidLoginAnswer),
         (200, answer(expires_after=None), InvalidLoginAnswer),
         (200, answer(expires_after=1700000000), InvalidLoginAnswer),
         (200, answer(expires_after="next tuesday"), InvalidLoginAnswer),

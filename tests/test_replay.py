@@ -179,3 +179,18 @@ async def test_a_webapp_that_refuses_every_token_meets_backoff_not_a_login_storm
             await asyncio.sleep(0.1)
     async with rig.client.get("/_gateway/readyz") as response:
         assert response.status == 200
+
+
+async def test_a_spool_that_cannot_be_written_gives_a_named_503_not_a_crash(
+    make_rig: MakeRig, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    rig = await make_rig(env={"GATEWAY_SPOOL_DIR": str(spool)})
+    spool.rmdir()  # the disk under the gateway went away
+    async with rig.client.post("/v1/media", data=io.BytesIO(b"x" * (3 << 20))) as response:
+        assert response.status == 503
+        error = (await response.json())["errors"][0]
+    assert "ENOENT" in error["details"]
+    assert rig.sim.seen_on("/v1/media") == []
+    assert not rig.logs.named("request.crashed")

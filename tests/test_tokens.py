@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -12,19 +13,16 @@ import structlog
 
 from gateway.config import TokenConfig
 from gateway.errors import TokenUnavailable
+from gateway.login import BadCredentials, Grant, PasswordChangeRequired, WebappUnavailable
 from gateway.metrics import Metrics
 from gateway.secret import Secret
 from gateway.tokens import (
     Account,
-    BadCredentials,
     Breaker,
-    Grant,
-    PasswordChangeRequired,
     Readiness,
     SystemClock,
     Token,
     TokenPool,
-    WebappUnavailable,
     backoff_delay,
     refresh_time,
 )
@@ -480,3 +478,51 @@ async def test_a_check_that_cannot_tell_keeps_the_pool_backing_off() -> None:
         await pool.close()
     assert not readiness.ready
     assert "could not be checked (ConnectionResetError)" in readiness.reason
+
+
+async def test_a_request_accepted_while_checks_fail_ends_the_checks_for_good() -> None:
+    """Checks that cannot tell keep the pool backing off; then a request's token is accepted:
+    the pool is ready again and the background task stops logging in (no login loop)."""
+    logins = Logins()
+    checks = 0
+
+    async def check(account: Account, token: Token) -> bool:
+        nonlocal checks
+        checks += 1
+        raise ConnectionResetError("Webapp gone")
+
+    config = replace(CONFIG, backoff_initial=0.02, backoff_max=0.05)
+    pool = TokenPool(logins, config, Metrics(), SystemClock(), check_fn=check)
+    pool.start([ACCOUNT])
+    try:
+        await refuse_fresh_tokens(pool, 2)
+        async with asyncio.timeout(5):
+            while checks < 1:
+                await asyncio.sleep(0.01)
+            while True:  # a request, once the backoff lets it have a token
+                with contextlib.suppress(TokenUnavailable):
+                    token = await pool.token(ACCOUNT)
+                    break
+                await asyncio.sleep(0.01)
+        pool.report(ACCOUNT, token, accepted=True)
+        assert pool.readiness(ACCOUNT).ready
+        settled = logins.calls
+        await asyncio.sleep(0.3)  # many backoff periods: a stuck check would log in again
+        assert logins.calls == settled
+        assert pool.readiness(ACCOUNT).ready
+    finally:
+        await pool.close()
+
+
+async def test_a_login_whose_token_expires_before_it_ends_is_a_failure(clock: FakeClock) -> None:
+    class Slow(Logins):
+        async def __call__(self, account: Account) -> Grant:
+            clock.advance(2.0)  # the login took longer than the token lives
+            return await super().__call__(account)
+
+    pool = TokenPool(Slow(lifetime=1.0), CONFIG, Metrics(), clock)
+    with pytest.raises(TokenUnavailable) as raised:
+        await pool.token(ACCOUNT)
+    assert "expired before the login ended" in raised.value.details
+    assert pool.metrics.logins.labels("invalid_answer")._value.get() == 1
+    await pool.close()
