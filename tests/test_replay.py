@@ -136,17 +136,21 @@ async def test_a_body_over_the_limit_gets_413_and_never_reaches_the_webapp(
 async def test_a_late_401_for_an_old_token_keeps_the_new_one(rig: Rig) -> None:
     """A slow request still carrying the first token is refused after the gateway already moved on
     to a second one: the gateway must replay with the second, not log in a third time."""
-    await logged_in(rig)
+    first = await logged_in(rig)
     slow_path = "/v1/settings/application"
     rig.sim.faults = [Fault("delay", path=slow_path, delay=0.5)]
     async with asyncio.TaskGroup() as group:
         slow = group.create_task(rig.client.get(slow_path))
-        await asyncio.sleep(0.1)  # the slow request is under way with token 1
+        async with asyncio.timeout(5):  # the slow request is at the Webapp, with token 1
+            while not rig.sim.seen_on(slow_path):
+                await asyncio.sleep(0.01)
         rig.sim.revoke_all()
         async with rig.client.post("/v1/messages", json=MESSAGE) as response:
             assert response.status == 201  # 401, login (token 2), replay
     async with slow.result() as response:
         assert response.status == 200
+    attempts = rig.sim.seen_on(slow_path)
+    assert [a.credential == first for a in attempts] == [True, False]  # refused late, replayed
     assert rig.sim.logins == 2
 
 
