@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +31,17 @@ TEST_ENV = {
     "GATEWAY_UPSTREAM_TIMEOUT": "5",
     "GATEWAY_LOGIN_TIMEOUT": "5",
 }
+
+
+def open_files(directory: Path) -> int:
+    """This process's descriptors that point into ``directory`` (unlinked spool files included)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith(str(directory))
+        except OSError:
+            continue
+    return count
 
 
 def gateway_config(webapp_url: str, **env: str | None) -> Config:

@@ -11,6 +11,8 @@ import pytest
 from gateway.body import ReplayableBody, check_declared_size
 from gateway.errors import BodyTooLarge
 
+from .conftest import open_files
+
 
 async def chunks(total: int, size: int = 65536) -> AsyncIterator[bytes]:
     sent = 0
@@ -28,18 +30,6 @@ async def collect(payload: bytes | AsyncIterator[bytes]) -> bytes:
     if isinstance(payload, bytes):
         return payload
     return b"".join([chunk async for chunk in payload])
-
-
-def open_files(directory: Path) -> int:
-    """Descriptors of this process that point into ``directory`` (unlinked files included)."""
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        count += target.startswith(str(directory))
-    return count
 
 
 async def test_a_small_body_stays_in_memory(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from gateway.headers import HOP_BY_HOP
 from gateway.simulator import Seen
 
 from . import rawhttp
-from .conftest import API_KEY, Logs, MakeRig, Rig
+from .conftest import API_KEY, Logs, MakeRig, Rig, open_files
 from .rawhttp import Connection, RawResponse
 
 MiB = 1 << 20
@@ -757,17 +757,6 @@ async def test_a_client_that_stops_reading_holds_back_the_webapp_and_is_cut_off(
     assert len(received) < DOWNLOAD // 4
     assert [s.path_qs for s in forwarded(rig)] == [f"/v1/media/{media_id}"]
     await assert_healthy(rig, logs)
-
-
-def open_files(directory: Path) -> int:
-    """This process's descriptors that point into ``directory`` (unlinked files included)."""
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            count += os.readlink(f"/proc/self/fd/{fd}").startswith(str(directory))
-        except OSError:
-            continue
-    return count
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="counts descriptors in /proc")

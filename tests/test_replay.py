@@ -13,20 +13,9 @@ import pytest
 
 from gateway.simulator import Fault, Simulator
 
-from .conftest import PASSWORD, MakeRig, Rig
+from .conftest import PASSWORD, MakeRig, Rig, open_files
 
 MESSAGE = {"to": "16315551234", "type": "text", "text": {"body": "hi"}}
-
-
-def spool_files(directory: Path) -> int:
-    """Open descriptors of this process pointing into ``directory`` (spool files are unlinked)."""
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            count += os.readlink(f"/proc/self/fd/{fd}").startswith(str(directory))
-        except OSError:
-            continue
-    return count
 
 
 async def logged_in(rig: Rig) -> str:
@@ -111,7 +100,7 @@ async def test_an_upload_whose_token_was_revoked_arrives_whole_on_the_replay(
     assert len(uploads) == 2
     assert uploads[1].headers["Content-Type"] == "video/mp4"
     assert uploads[1].headers["Content-Length"] == str(size)
-    assert spool_files(tmp_path) == 0  # the spool file went with the request
+    assert open_files(tmp_path) == 0  # the spool file went with the request
 
 
 async def test_a_body_over_the_limit_gets_413_and_never_reaches_the_webapp(
@@ -130,7 +119,7 @@ async def test_a_body_over_the_limit_gets_413_and_never_reaches_the_webapp(
     async with rig.client.post("/v1/media", data=chunked()) as response:
         assert response.status == 413
     assert rig.sim.seen_on("/v1/media") == []
-    assert spool_files(tmp_path) == 0
+    assert open_files(tmp_path) == 0
 
 
 async def test_a_late_401_for_an_old_token_keeps_the_new_one(rig: Rig) -> None:
