@@ -456,22 +456,28 @@ async def test_after_refused_tokens_the_pool_checks_a_fresh_one_by_itself() -> N
     assert logins.calls == 4  # two refused by requests, one refused on its check, one accepted
 
 
-async def test_a_check_that_cannot_tell_keeps_the_pool_backing_off() -> None:
-    logins = Logins()
-    checks = 0
+FAST_BACKOFF = replace(CONFIG, backoff_initial=0.02, backoff_max=0.05)
 
-    async def check(account: Account, token: Token) -> bool:
-        nonlocal checks
-        checks += 1
+
+class CheckThatCannotTell:
+    """A token check that never gets an answer from the Webapp."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, account: Account, token: Token) -> bool:
+        self.calls += 1
         raise ConnectionResetError("Webapp gone")
 
-    config = replace(CONFIG, backoff_initial=0.02, backoff_max=0.05)
-    pool = TokenPool(logins, config, Metrics(), SystemClock(), check_fn=check)
+
+async def test_a_check_that_cannot_tell_keeps_the_pool_backing_off() -> None:
+    logins, check = Logins(), CheckThatCannotTell()
+    pool = TokenPool(logins, FAST_BACKOFF, Metrics(), SystemClock(), check_fn=check)
     pool.start([ACCOUNT])
     try:
         await refuse_fresh_tokens(pool, 2)
         async with asyncio.timeout(5):
-            while checks < 3:
+            while check.calls < 3:
                 await asyncio.sleep(0.01)
         readiness = pool.readiness(ACCOUNT)
     finally:
@@ -483,21 +489,13 @@ async def test_a_check_that_cannot_tell_keeps_the_pool_backing_off() -> None:
 async def test_a_request_accepted_while_checks_fail_ends_the_checks_for_good() -> None:
     """Checks that cannot tell keep the pool backing off; then a request's token is accepted:
     the pool is ready again and the background task stops logging in (no login loop)."""
-    logins = Logins()
-    checks = 0
-
-    async def check(account: Account, token: Token) -> bool:
-        nonlocal checks
-        checks += 1
-        raise ConnectionResetError("Webapp gone")
-
-    config = replace(CONFIG, backoff_initial=0.02, backoff_max=0.05)
-    pool = TokenPool(logins, config, Metrics(), SystemClock(), check_fn=check)
+    logins, check = Logins(), CheckThatCannotTell()
+    pool = TokenPool(logins, FAST_BACKOFF, Metrics(), SystemClock(), check_fn=check)
     pool.start([ACCOUNT])
     try:
         await refuse_fresh_tokens(pool, 2)
         async with asyncio.timeout(5):
-            while checks < 1:
+            while check.calls < 1:
                 await asyncio.sleep(0.01)
             while True:  # a request, once the backoff lets it have a token
                 with contextlib.suppress(TokenUnavailable):
