@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -31,6 +32,17 @@ TEST_ENV = {
     "GATEWAY_UPSTREAM_TIMEOUT": "5",
     "GATEWAY_LOGIN_TIMEOUT": "5",
 }
+
+
+# A text message as clients send it, for every test that needs one to go through.
+MESSAGE = {"to": "16315551234", "type": "text", "text": {"body": "hi"}}
+
+
+async def until(condition: Callable[[], object], within: float = 10.0) -> None:
+    """Poll ``condition`` until it holds; fail after ``within`` seconds."""
+    async with asyncio.timeout(within):
+        while not condition():
+            await asyncio.sleep(0.005)
 
 
 def open_files(directory: Path) -> int:

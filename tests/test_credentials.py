@@ -11,9 +11,7 @@ import pytest
 
 from gateway.simulator import Simulator
 
-from .conftest import API_KEY, PASSWORD, MakeRig, Rig
-
-MESSAGE = {"to": "16315551234", "type": "text", "text": {"body": "hi"}}
+from .conftest import API_KEY, MESSAGE, PASSWORD, MakeRig, Rig
 
 
 def webapp_requests(rig: Rig) -> list[tuple[str, str]]:

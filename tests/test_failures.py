@@ -9,9 +9,7 @@ import pytest
 
 from gateway.simulator import Fault
 
-from .conftest import MakeRig, Rig
-
-MESSAGE = {"to": "16315551234", "type": "text", "text": {"body": "hi"}}
+from .conftest import MESSAGE, MakeRig, Rig
 
 
 async def error_of(response: aiohttp.ClientResponse) -> dict[str, object]:

@@ -17,9 +17,7 @@ from gateway.app import create_app
 from gateway.simulator import Fault, synthetic_media_sha256
 
 from . import rawhttp
-from .conftest import Rig, gateway_config
-
-MESSAGE = {"to": "16315551234", "type": "text", "text": {"body": "hi"}}
+from .conftest import MESSAGE, Rig, gateway_config
 
 
 @pytest.mark.parametrize("method", ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])

@@ -17,7 +17,7 @@ import json
 import os
 import time
 import tracemalloc
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -30,7 +30,7 @@ from gateway.headers import HOP_BY_HOP
 from gateway.simulator import Seen
 
 from . import rawhttp
-from .conftest import API_KEY, Logs, MakeRig, Rig, open_files
+from .conftest import API_KEY, Logs, MakeRig, Rig, open_files, until
 from .rawhttp import Connection, RawResponse
 
 MiB = 1 << 20
@@ -519,12 +519,6 @@ HOSTILE_CASE_COUNT = len(CASES)
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-async def until(condition: Callable[[], object], within: float = 3.0) -> None:
-    async with asyncio.timeout(within):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 def forwarded(rig: Rig) -> list[Seen]:

@@ -6,7 +6,6 @@ The gateway logs a request after its answer is sent, so tests wait (boundedly) f
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import collections
 import hashlib
@@ -14,7 +13,7 @@ import io
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -28,19 +27,11 @@ from gateway.simulator import Fault
 from gateway.tokens import Account
 
 from . import rawhttp
-from .conftest import PASSWORD, Logs, MakeRig, Rig
+from .conftest import MESSAGE, PASSWORD, Logs, MakeRig, Rig, until
 
-MESSAGE = {"to": "16315551234", "type": "text", "text": {"body": "hi"}}
 OTHER_PASSWORD = "Other-pass-2!"
 HEX8 = re.compile(r"[0-9a-f]{8}")
 GENERATED_ID = re.compile(r"[0-9a-f]{32}")
-
-
-async def until(condition: Callable[[], object], within: float = 5.0) -> None:
-    """Poll ``condition`` until it holds; fail after ``within`` seconds."""
-    async with asyncio.timeout(within):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 def access_events(logs: Logs, request_id: str) -> list[dict[str, Any]]:

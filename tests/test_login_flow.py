@@ -5,16 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
 from gateway.simulator import LoginFault
 
-from .conftest import PASSWORD, MakeRig, Rig
-
-MESSAGE = {"to": "16315551234", "type": "text", "text": {"body": "hi"}}
+from .conftest import MESSAGE, PASSWORD, MakeRig, Rig, until
 
 
 async def send_messages(rig: Rig, count: int) -> list[int]:
@@ -28,12 +25,6 @@ async def send_messages(rig: Rig, count: int) -> list[int]:
                 return response.status
 
         return await asyncio.gather(*(one() for _ in range(count)))
-
-
-async def wait_for(condition: Any, seconds: float = 10.0) -> None:
-    async with asyncio.timeout(seconds):
-        while not condition():
-            await asyncio.sleep(0.02)
 
 
 async def test_a_thousand_concurrent_requests_on_a_cold_gateway_cause_one_slow_login(
@@ -55,7 +46,7 @@ async def test_a_caller_that_hangs_up_during_the_login_does_not_cancel_it(
     make_rig: MakeRig,
 ) -> None:
     rig = await make_rig()
-    await wait_for(lambda: rig.sim.logins == 1)
+    await until(lambda: rig.sim.logins == 1)
     rig.sim.login_delay = 0.5
     rig.sim.revoke_all()
     account = rig.gateway.webapp.account
@@ -65,7 +56,7 @@ async def test_a_caller_that_hangs_up_during_the_login_does_not_cancel_it(
             "/v1/messages", json=MESSAGE, timeout=aiohttp.ClientTimeout(total=0.1)
         ):
             pass
-    await wait_for(lambda: rig.sim.logins == 2)
+    await until(lambda: rig.sim.logins == 2)
     async with rig.client.post("/v1/messages", json=MESSAGE) as response:
         assert response.status == 201
     assert rig.sim.login_attempts == 2
@@ -130,12 +121,12 @@ async def test_the_gateway_recovers_by_itself_once_the_password_is_fixed_in_its_
     password_file.write_text("Wrong-pass-1!\n")
     rig = await make_rig(env={"WA_PASSWORD": None, "WA_PASSWORD_FILE": str(password_file)})
     async with rig.client.get("/_gateway/readyz") as response:
-        await wait_for(lambda: rig.sim.login_attempts >= 1)
+        await until(lambda: rig.sim.login_attempts >= 1)
     async with rig.client.get("/_gateway/readyz") as response:
         assert response.status == 503
         assert "bad_credentials" in (await response.json())["errors"][0]["details"]
     password_file.write_text(PASSWORD + "\n")
-    await wait_for(lambda: rig.gateway.pool.readiness(rig.gateway.webapp.account).ready)
+    await until(lambda: rig.gateway.pool.readiness(rig.gateway.webapp.account).ready)
     async with rig.client.get("/_gateway/readyz") as response:
         assert response.status == 200
     async with rig.client.post("/v1/messages", json=MESSAGE) as response:
@@ -159,8 +150,8 @@ async def test_a_failing_login_recovers_by_itself_when_the_webapp_does(
     rig.sim.login_script.extend(faults)
     rig.sim.revoke_all()
     account = rig.gateway.webapp.account
-    await wait_for(lambda: rig.sim.login_attempts >= 1)
-    await wait_for(lambda: rig.gateway.pool.readiness(account).ready)
+    await until(lambda: rig.sim.login_attempts >= 1)
+    await until(lambda: rig.gateway.pool.readiness(account).ready)
     assert rig.sim.login_attempts == len(faults) + 1
     assert [e["kind"] for e in rig.logs.named("token.login_failed")] == [kind] * len(faults)
     async with rig.client.post("/v1/messages", json=MESSAGE) as response:

@@ -7,7 +7,6 @@ in flight before they scrape. A scrape is itself in flight while it renders, and
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -17,19 +16,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.simulator import Fault, LoginFault
 
 from . import rawhttp
-from .conftest import MakeRig, Rig
+from .conftest import MESSAGE, MakeRig, Rig, until
 
-MESSAGE = {"to": "16315551234", "type": "text", "text": {"body": "hi"}}
 OTHER_PASSWORD = "Other-pass-2!"
 # Logins that fail are not retried within a test, so every count is exact.
 SLOW_RETRIES = {"GATEWAY_LOGIN_BACKOFF_INITIAL": "30", "GATEWAY_LOGIN_BACKOFF_MAX": "60"}
-
-
-async def until(condition: Callable[[], object], within: float = 5.0) -> None:
-    """Poll ``condition`` until it holds; fail after ``within`` seconds."""
-    async with asyncio.timeout(within):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 def in_flight(rig: Rig) -> float | None:

@@ -13,9 +13,7 @@ import pytest
 
 from gateway.simulator import Fault, Simulator
 
-from .conftest import PASSWORD, MakeRig, Rig, open_files
-
-MESSAGE = {"to": "16315551234", "type": "text", "text": {"body": "hi"}}
+from .conftest import MESSAGE, PASSWORD, MakeRig, Rig, open_files
 
 
 async def logged_in(rig: Rig) -> str:

@@ -18,12 +18,12 @@ from pytest_aiohttp import AiohttpServer
 
 from gateway.simulator import Fault, Simulator
 
+from .conftest import MESSAGE
 from .processes import FRESH, GatewayProcess, serve_gateway, start_simulator
 
 pytestmark = pytest.mark.slow
 
 SIGNALS = [pytest.param(signal.SIGTERM, id="SIGTERM"), pytest.param(signal.SIGINT, id="SIGINT")]
-MESSAGE = {"to": "16315551234", "type": "text", "text": {"body": "hi"}}
 DRAIN = 1.0
 SLOW = 2.0  # seconds the simulator holds POST /v1/messages: the drain, and some of the grace
 # A request the Webapp holds longer than any test runs; it ends when the gateway hangs up.

@@ -28,10 +28,9 @@ from gateway.config import Config, ConfigError, describe
 from gateway.server import serve
 from gateway.simulator import Simulator
 
-from .conftest import API_KEY, PASSWORD, GatewayTestServer, Logs, gateway_config
+from .conftest import API_KEY, MESSAGE, PASSWORD, GatewayTestServer, Logs, gateway_config
 from .processes import start_simulator
 
-MESSAGE = {"to": "16315551234", "type": "text", "text": {"body": "hi"}}
 WAIT = 10.0  # the most any single step below may take
 
 

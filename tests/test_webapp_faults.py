@@ -37,10 +37,9 @@ from pytest_aiohttp import AiohttpServer
 
 from gateway.simulator import Fault, LoginFault, Seen, Simulator
 
-from .conftest import API_KEY, PASSWORD, MakeRig, Rig
+from .conftest import API_KEY, MESSAGE, PASSWORD, MakeRig, Rig, until
 
 MESSAGES = "/v1/messages"
-MESSAGE = {"to": "16315551234", "type": "text", "text": {"body": "hi"}}
 # A first retry 0.15 to 0.3 s after a failed login: late enough that what the client and the
 # readiness check see right after the failure is still the failure, early enough to be quick.
 ENV = {"GATEWAY_LOGIN_BACKOFF_INITIAL": "0.3", "GATEWAY_LOGIN_BACKOFF_MAX": "0.6"}
@@ -285,13 +284,6 @@ class Stage:
         """The gateway's readiness status."""
         async with self.rig.client.get("/_gateway/readyz", timeout=TIMEOUT) as response:
             return response.status
-
-
-async def until(condition: Callable[[], object], seconds: float = BOUND) -> None:
-    """Wait for ``condition``, at most ``seconds``."""
-    async with asyncio.timeout(seconds):
-        while not condition():
-            await asyncio.sleep(0.005)
 
 
 async def set_up(scenario: Scenario, make_rig: MakeRig, serve: Serve, closed_port: int) -> Stage:
