@@ -38,7 +38,7 @@ from .errors import (
 )
 from .forward import Forwarder
 from .headers import REQUEST_ID, request_id
-from .local import client_login, client_logout, health, readiness
+from .local import client_login, client_logout, error_response, health, readiness
 from .log import log_crash
 from .metrics import Metrics
 from .policy import Action, decide
@@ -185,12 +185,6 @@ def _from_http_exception(exc: web.HTTPException) -> GatewayError:
     return _HTTP_EXCEPTIONS.get(exc.status, BadRequest)(f"{exc.status} {exc.reason}.")
 
 
-def _error_response(error: GatewayError) -> web.Response:
-    response = web.Response(body=error.body(), status=error.status, content_type="application/json")
-    response.headers.update(error.headers())
-    return response
-
-
 def _observe(gateway: Gateway) -> Middleware:
     """The middleware that gives every request an id, a WhatsApp-style error body when it fails,
     one access log event and its metrics."""
@@ -227,20 +221,20 @@ async def _answer(request: web.Request, handler: Handler, exchange: Exchange) ->
     try:
         response = await handler(request)
     except GatewayError as error:
-        response = _error_response(error)
+        response = error_response(error)
         unusable = isinstance(error, RequestTimeout | BadFraming)
     except web.HTTPException as exc:
-        response = _error_response(_from_http_exception(exc))
+        response = error_response(_from_http_exception(exc))
     except asyncio.CancelledError:
         exchange.failure = "cancelled"  # the client hung up, or shutdown's grace period ended
         raise
     except ConnectionError:
         exchange.failure = "client_disconnected"
-        response = _error_response(BadRequest("The client closed the connection."))
+        response = error_response(BadRequest("The client closed the connection."))
         response.set_status(CLIENT_CLOSED)
     except Exception as exc:
         log_crash("request.crashed", exc)
-        response = _error_response(GatewayError("The gateway failed unexpectedly; see its log."))
+        response = error_response(GatewayError("The gateway failed unexpectedly; see its log."))
     if not response.prepared:  # answered here, not streamed from the Webapp
         response.headers[REQUEST_ID] = exchange.request_id
         exchange.bytes_out = response.content_length or 0

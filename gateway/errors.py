@@ -18,7 +18,8 @@ requests the gateway refuses, and requests for which it could not get an answer,
         ├── WebappUnreachable   502  1014 Internal error
         ├── Overloaded          503  1016 System overloaded (with Retry-After)
         ├── SpoolFailed         503  1014 Internal error (the body could not be stored)
-        ├── TokenUnavailable    503  1011 Service not ready (with Retry-After)
+        ├── NotReady            503  1011 Service not ready (readiness)
+        │   └── TokenUnavailable     1011 (with Retry-After)
         └── WebappTimeout       504  1014 Internal error
 """
 
@@ -48,19 +49,14 @@ class GatewayError(Exception):
 
     def body(self) -> bytes:
         """The WhatsApp-style JSON body."""
-        return error_body(self.code, self.title, self.details)
+        errors = [{"code": self.code, "title": self.title, "details": self.details}]
+        return json.dumps({"errors": errors, "meta": META}).encode()
 
     def headers(self) -> dict[str, str]:
         """Headers the answer needs besides Content-Type."""
         if self.retry_after is None:
             return {}
         return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
-
-
-def error_body(code: int, title: str, details: str) -> bytes:
-    """A body in the Webapp's error format."""
-    errors = [{"code": code, "title": title, "details": details}]
-    return json.dumps({"errors": errors, "meta": META}).encode()
 
 
 class Refused(GatewayError):
@@ -142,10 +138,14 @@ class SpoolFailed(Unavailable):
     title = "Internal error"
 
 
-class TokenUnavailable(Unavailable):
+class NotReady(Unavailable):
     status = 503
     code = 1011
     title = "Service not ready"
+
+
+class TokenUnavailable(NotReady):
+    """No token, because logins fail."""
 
 
 class WebappTimeout(Unavailable):

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from .errors import META, error_body
+from .errors import META, GatewayError, NotReady
 
 JSON = "application/json"
 # What the gateway tells clients about the tokens it hands out (they are never checked).
@@ -47,10 +47,15 @@ def health() -> web.Response:
     return json_response({"status": "alive"})
 
 
+def error_response(error: GatewayError) -> web.Response:
+    """The answer to a failure: the Webapp's error format, the error's status and headers."""
+    return web.Response(
+        body=error.body(), status=error.status, content_type=JSON, headers=error.headers()
+    )
+
+
 def readiness(ready: bool, reason: str) -> web.Response:
     """200 when requests can be served, 503 with the reason otherwise."""
     if ready:
         return json_response({"status": "ready", "details": reason})
-    return web.Response(
-        body=error_body(1011, "Service not ready", reason), status=503, content_type=JSON
-    )
+    return error_response(NotReady(reason))

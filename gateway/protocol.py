@@ -29,9 +29,8 @@ from .app import GATEWAY, Gateway
 from .config import ServerConfig
 from .errors import BadRequest, GatewayError, HeadersTooLarge, UriTooLong
 from .headers import REQUEST_ID, request_id
+from .local import error_response
 from .log import log_crash
-
-JSON = "application/json"
 
 
 def handler_args(server: ServerConfig) -> dict[str, Any]:
@@ -99,9 +98,7 @@ class _Protocol(RequestHandler):
             raise ConnectionError("the response had started already")
         exchange = Exchange(request_id(None), time.perf_counter())
         error = refusal(exc, status, self._gateway.config.server)
-        response = web.Response(
-            body=error.body(), status=error.status, content_type=JSON, headers=error.headers()
-        )
+        response = error_response(error)
         response.headers[REQUEST_ID] = exchange.request_id
         response.force_close()
         exchange.bytes_out = response.content_length or 0

@@ -64,11 +64,7 @@ async def serve(
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
     try:
-        # handler_cancellation: like nginx (proxy_ignore_client_abort off), a request whose client
-        # hangs up stops at once and frees its Webapp connection and spool file.
-        runner = GatewayRunner(
-            app, access_log=None, shutdown_timeout=_CUT_WAIT, handler_cancellation=True
-        )
+        runner = GatewayRunner(app, access_log=None, shutdown_timeout=_CUT_WAIT)
         await runner.setup()
         try:
             url = await _listen(runner, server.listen, tls)
