@@ -72,13 +72,13 @@ class Forwarder:
                 headers["Authorization"] = f"Apikey {self.api_key.reveal()}"
             else:
                 token = await self.pool.token(self.webapp.account)
-                headers["Authorization"] = f"Bearer {token.value.reveal()}"
+                headers["Authorization"] = token.authorization()
             answer = await self._send(request.method, target, headers, body, exchange)
             if token is not None:
                 if answer.status == 401:
                     answer.release()
                     token = await self._replacement(token)
-                    headers["Authorization"] = f"Bearer {token.value.reveal()}"
+                    headers["Authorization"] = token.authorization()
                     exchange.retried = True
                     answer = await self._send(request.method, target, headers, body, exchange)
                 self.pool.report(self.webapp.account, token, accepted=answer.status != 401)

@@ -111,6 +111,10 @@ class Token:
         """A short name for the token, fit for logs."""
         return self.value.fingerprint()
 
+    def authorization(self) -> str:
+        """The ``Authorization`` value that carries the token: for the wire only, never a log."""
+        return f"Bearer {self.value.reveal()}"
+
 
 def refresh_time(sent_at: float, lifetime: float, config: TokenConfig, rng: random.Random) -> float:
     """When to replace a token: ``refresh_before`` of its lifetime early, and up to

@@ -157,7 +157,7 @@ class Webapp:
     async def check(self, account: Account, token: Token) -> bool:
         """Whether the Webapp accepts ``token``: anything but 401 to ``GET /v1/health`` (the
         cheapest call that needs one). Raises when the Webapp gives no answer."""
-        headers = {"Authorization": f"Bearer {token.value.reveal()}"}
+        headers = {"Authorization": token.authorization()}
         async with self.session.get(self._base + CHECK_PATH, headers=headers) as response:
             return response.status != 401
 
