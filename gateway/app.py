@@ -41,7 +41,9 @@ from .headers import REQUEST_ID, request_id
 from .local import client_login, client_logout, error_response, health, readiness
 from .log import log_crash
 from .metrics import Metrics
+from .passwords import PasswordFile
 from .policy import Action, decide
+from .rotation import Rotator
 from .tokens import Clock, SystemClock, TokenPool
 from .webapp import Webapp
 
@@ -82,6 +84,7 @@ class Gateway:
     pool: TokenPool
     metrics: Metrics
     forwarder: Forwarder
+    rotator: Rotator | None  # when the password is rotated on a schedule
     in_flight: InFlight = field(default_factory=InFlight)
     draining: bool = False
 
@@ -97,14 +100,29 @@ def create_app(
     clock = clock or SystemClock()
     metrics = Metrics()
     webapp = Webapp(config, clock)
+    rng = rng or random.Random()
     pool = TokenPool(
-        webapp.login, config.tokens, metrics, clock, rng or random.Random(), webapp.check
+        webapp.login,
+        config.tokens,
+        metrics,
+        clock,
+        rng,
+        webapp.check,
+        rotate_fn=lambda account: webapp.login(account, rotate=True),
     )
     # Read at scrape time, from the one place each value lives.
     metrics.token_expiry.set_function(lambda: pool.seconds_left(webapp.account))
     metrics.login_breaker.set_function(lambda: pool.breaker(webapp.account).value)
     forwarder = Forwarder(webapp, pool, metrics, config.server, config.webapp.api_key)
-    gateway = Gateway(config, clock, webapp, pool, metrics, forwarder)
+    rotator = None
+    if (file := config.webapp.password_file) is not None:
+        password_file = PasswordFile(file)
+        metrics.password_age.set_function(password_file.age)
+        if every := config.webapp.password_rotate_every:
+            rotator = Rotator(
+                pool, webapp.account, password_file, every, config.tokens, metrics, rng
+            )
+    gateway = Gateway(config, clock, webapp, pool, metrics, forwarder, rotator)
     metrics.in_flight.set_function(lambda: gateway.in_flight.count)
 
     app = web.Application(middlewares=[_observe(gateway)])
@@ -127,7 +145,11 @@ async def _webapp_lifecycle(app: web.Application) -> AsyncIterator[None]:
     gateway = app[GATEWAY]
     await gateway.webapp.open()
     gateway.pool.start([gateway.webapp.account])
+    if gateway.rotator is not None:
+        gateway.rotator.start()
     yield
+    if gateway.rotator is not None:
+        await gateway.rotator.close()
     await gateway.pool.close()
     await gateway.webapp.close()
 

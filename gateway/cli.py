@@ -1,4 +1,4 @@
-"""The ``wa-gateway`` command: argument parsing and the three subcommands, nothing more."""
+"""The ``wa-gateway`` command: argument parsing and the subcommands, nothing more."""
 
 from __future__ import annotations
 
@@ -10,11 +10,14 @@ from collections.abc import Mapping, Sequence
 
 from . import __version__
 from .app import create_app
-from .config import ConfigError, describe, load_config
+from .config import Config, ConfigError, describe, load_config
 from .demo import run_demo
 from .healthcheck import check_health
 from .log import configure_logging
+from .login import LoginFailed
+from .passwords import PasswordFile
 from .server import INTERRUPTED, ListenError, serve
+from .webapp import Webapp
 
 CONFIG_ERROR = 2
 
@@ -33,7 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     health_cmd = commands.add_parser(
         "healthcheck", help="exit 0 if the gateway configured here answers its liveness check"
     )
-    for command in (serve_cmd, check_cmd, health_cmd):
+    rotate_cmd = commands.add_parser(
+        "rotate-password",
+        help="change the Webapp password now, keeping the new one in WA_PASSWORD_FILE",
+    )
+    for command in (serve_cmd, check_cmd, health_cmd, rotate_cmd):
         command.add_argument(
             "--config", metavar="FILE", help="TOML file (default: $GATEWAY_CONFIG, if set)"
         )
@@ -57,6 +64,43 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return INTERRUPTED
 
 
+async def _rotate_password(config: Config) -> int:
+    """Rotate once, as a running gateway would; its logins read the new password from the file.
+
+    The token this login yields is not used, and not logged out either: by one reading of the
+    Webapp's documentation a logout revokes every token of the user, the gateways' too.
+    """
+    file = config.webapp.password_file
+    if file is None or not PasswordFile(file).writable():
+        raise ConfigError(
+            [
+                "WA_PASSWORD_FILE (webapp.password_file): rotate-password needs it, in a writable "
+                "directory, to keep the new password"
+            ]
+        )
+    webapp = Webapp(config)
+    await webapp.open()
+    try:
+        async with asyncio.timeout(config.tokens.login_timeout):
+            await webapp.login(webapp.account, rotate=True)
+    except LoginFailed as exc:
+        print(
+            f"wa-gateway: rotation failed ({exc.kind}): {exc.details} {exc.advice}", file=sys.stderr
+        )
+        return 1
+    except TimeoutError:
+        print(
+            f"wa-gateway: rotation failed: no answer within GATEWAY_LOGIN_TIMEOUT "
+            f"({config.tokens.login_timeout:g} s); the next login finishes it if it took effect",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        await webapp.close()
+    print(f"wa-gateway: password rotated; the new one is in {file}")
+    return 0
+
+
 def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if args.command == "demo":
         asyncio.run(run_demo(environ))
@@ -69,6 +113,9 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return 0
     if args.command == "healthcheck":
         return 0 if check_health(config) else 1
+    if args.command == "rotate-password":
+        configure_logging(config.server.log_level, sys.stderr)
+        return asyncio.run(_rotate_password(config))
     configure_logging(config.server.log_level)
     asyncio.run(serve(create_app(config), config))
     return 0

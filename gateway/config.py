@@ -35,6 +35,7 @@ from typing import Generic, TypeVar
 from yarl import URL
 
 from . import values as parse
+from .passwords import PasswordFile
 from .secret import MASK, Secret
 from .values import Address, Invalid
 
@@ -57,6 +58,7 @@ class WebappConfig:
     username: str
     password: Secret | None
     password_file: Path | None
+    password_rotate_every: float  # seconds; 0: never
     api_key: Secret | None
     ca_file: Path | None
     tls_verify: bool
@@ -152,6 +154,13 @@ SETTINGS: tuple[Setting[object], ...] = (
         yields_to="password_file",
     ),
     Setting("webapp", "password_file", "WA_PASSWORD_FILE", parse.password_file, None),
+    Setting(
+        "webapp",
+        "password_rotate_every",
+        "WA_PASSWORD_ROTATE_EVERY",
+        parse.rotation_interval,
+        0.0,
+    ),
     Setting("webapp", "api_key", "WA_API_KEY", parse.api_key, None, secret=True),
     Setting("webapp", "ca_file", "WA_CA_FILE", parse.ca_file, None),
     Setting("webapp", "tls_verify", "WA_TLS_VERIFY", parse.boolean, True),
@@ -241,6 +250,7 @@ def _relations(values: Mapping[str, Mapping[str, object]]) -> Iterator[str]:
     webapp, server, tokens = values["webapp"], values["server"], values["tokens"]
     if webapp.get("password", "") is None and webapp.get("password_file", "") is None:
         yield "WA_PASSWORD or WA_PASSWORD_FILE: one of them is required"
+    yield from _rotation(webapp)
     yield from _listener_tls(server)
     before, jitter = tokens.get("refresh_before"), tokens.get("refresh_jitter")
     if isinstance(before, float) and isinstance(jitter, float) and before + jitter >= 1:
@@ -253,6 +263,21 @@ def _relations(values: Mapping[str, Mapping[str, object]]) -> Iterator[str]:
         yield (
             "GATEWAY_LOGIN_BACKOFF_INITIAL (tokens.backoff_initial): "
             "must not be above GATEWAY_LOGIN_BACKOFF_MAX (tokens.backoff_max)"
+        )
+
+
+def _rotation(webapp: Mapping[str, object]) -> Iterator[str]:
+    """Rotation keeps each new password in the password file, so it needs one it can replace."""
+    every, path = webapp.get("password_rotate_every"), webapp.get("password_file", "")
+    name = _BY_KEY["webapp", "password_rotate_every"].name
+    if not every:
+        return
+    if path is None:
+        yield f"{name}: needs WA_PASSWORD_FILE, where the gateway keeps each new password"
+    elif isinstance(path, Path) and not PasswordFile(path).writable():
+        yield (
+            f"{name}: the directory of WA_PASSWORD_FILE ({path.parent}) is not writable, "
+            "so a new password could not be kept"
         )
 
 

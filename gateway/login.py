@@ -49,7 +49,10 @@ class PasswordChangeRequired(LoginFailed):
     """The Webapp wants the password changed before it issues a token."""
 
     kind = "password_change_required"
-    advice = "Set a new password for the Webapp user, then configure it in the gateway."
+    advice = (
+        "Run `wa-gateway rotate-password`, or set WA_PASSWORD_ROTATE_EVERY so that the gateway "
+        "sets one itself (both keep it in WA_PASSWORD_FILE)."
+    )
 
 
 class WebappUnavailable(LoginFailed):

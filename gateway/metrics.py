@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import generate_latest
@@ -77,6 +78,18 @@ class Metrics:
             "The login circuit breaker: 0 closed, 1 half-open, 2 open.",
             registry=registry,
         )
+        self.rotations = Counter(
+            "wa_gateway_password_rotations",
+            "Scheduled password rotations, by result (ok or the failure kind).",
+            ["result"],
+            registry=registry,
+        )
+        self.password_age = Gauge(
+            "wa_gateway_password_age_seconds",
+            "Seconds since the password file was last written (NaN without a readable one).",
+            registry=registry,
+        )
+        self.password_age.set(math.nan)
         tasks = Gauge(
             "wa_gateway_asyncio_tasks",
             "asyncio tasks alive in the gateway's event loop (a leak shows as growth).",

@@ -4,9 +4,11 @@ The gateway's tests and ``wa-gateway demo`` run against it. It owns:
 
 - the Webapp's state: users, tokens (with expiry on a skewable clock), media and settings;
 - the Webapp's answers, shaped as in ``wa-api.md`` (``meta`` on every body, ``errors`` arrays);
-- records and counters of what reached it (``seen``, ``login_attempts``, ``logins``, ...);
-- fault injection: a script of login faults and path-matched request faults (statuses, resets,
-  cut bodies, stalls, trickles, delays), and ``restarted()``, the state a restarted Webapp has.
+- records and counters of what reached it (``seen``, ``login_attempts``, ``logins``,
+  ``password_changes``, ...);
+- fault injection: a script of login faults (including a login whose answer is lost) and
+  path-matched request faults (statuses, resets, cut bodies, stalls, trickles, delays), and
+  ``restarted()``, the state a restarted Webapp has.
 
 A ``HEAD`` request gets the headers its ``GET`` would get and never a body byte, faults included:
 aiohttp sends whatever a ``StreamResponse`` writes, even in answer to ``HEAD``.
@@ -68,6 +70,7 @@ LoginFaultKind = Literal[
     "expired",
     "hang",
     "no_date",
+    "lose_answer",
 ]
 FaultKind = Literal[
     "status", "reset_before", "reset_after", "cut_body", "stall", "trickle", "delay"
@@ -75,7 +78,8 @@ FaultKind = Literal[
 
 LOGIN_PATH = "/v1/users/login"
 _META: Mapping[str, str] = {"version": "v2.45.1", "api_status": "stable"}
-# Faults that replace the whole login answer; the other kinds only reshape a normal success.
+# Faults that replace the whole login answer without processing the login; "lose_answer"
+# processes it and then drops the answer; the other kinds only reshape a normal success.
 _LOGIN_FAILURES = frozenset({"status", "reset", "invalid_json", "empty", "hang"})
 _APIKEY_ENDPOINTS = frozenset(
     {("GET", "/v1/health"), ("GET", "/metrics"), ("GET", "/v1/stats/app"), ("GET", "/v1/stats/db")}
@@ -149,6 +153,10 @@ class LoginFault:
     ``status``, ``reset``, ``invalid_json``, ``empty`` and ``hang`` replace the answer without
     looking at the credentials. ``no_expiry``, ``bad_expiry``, ``iso_expiry``, ``expired`` and
     ``no_date`` only reshape a success: the credentials and ``new_password`` are still checked.
+    ``lose_answer`` processes the login completely (credentials checked, ``new_password``
+    applied, token issued and valid) and then hangs up instead of answering, as ``reset`` does:
+    a password change whose answer never reaches the client. A login that fails is hung up on
+    too, and changes nothing.
     """
 
     kind: LoginFaultKind
@@ -355,6 +363,12 @@ class Simulator:
     status is not confirmed); user management by a non-admin user answers 403 with code 1005;
     deleting the simulator's own ``username`` revokes its tokens but keeps the account, so
     ``password`` always has a meaning.
+
+    Whether a password change revokes the user's tokens is not documented either, so it is an
+    option: with ``password_change_revokes`` every successful change (a login with
+    ``new_password``, ``PUT /v1/users/{name}``) revokes the tokens of that user issued before
+    it; the token the changing login issues stays valid. Setting ``password`` (or ``users``)
+    directly is a test hook: it neither revokes nor counts as a change.
     """
 
     def __init__(
@@ -369,6 +383,7 @@ class Simulator:
         clock_skew: float = 0.0,
         media_dir: str | None = None,
         max_media_size: int = 100 * 1024 * 1024,
+        password_change_revokes: bool = False,
     ) -> None:
         self.username = username
         self.users: dict[str, str] = {username: password}
@@ -376,6 +391,7 @@ class Simulator:
         self.api_key = api_key
         self.token_lifetime = token_lifetime
         self.logout_revokes: Literal["token", "all"] = logout_revokes
+        self.password_change_revokes = password_change_revokes
         self.clock_skew = clock_skew
         self.max_media_size = max_media_size
         self.login_delay = 0.0
@@ -384,6 +400,7 @@ class Simulator:
         self.faults: list[Fault] = []
         self.login_attempts = 0
         self.logins = 0
+        self.password_changes = 0  # successful changes of any user's password, via the API
         self.seen: list[Seen] = []
         self.tokens: dict[str, TokenRecord] = {}
         self.issued_tokens: list[str] = []  # every token ever issued, revoked or not
@@ -483,6 +500,7 @@ class Simulator:
             clock_skew=self.clock_skew,
             media_dir=None if self._media_dir is None else str(self._media_dir),
             max_media_size=self.max_media_size,
+            password_change_revokes=self.password_change_revokes,
         )
         successor.users = dict(self.users)
         successor.application_settings = copy.deepcopy(self.application_settings)
@@ -704,8 +722,22 @@ class Simulator:
         fault = self.login_script.popleft() if self.login_script else None
         if not await self._pause(request, self.login_delay):
             return _hang_up(request)
-        if fault is not None and fault.kind in _LOGIN_FAILURES:
+        if fault is None:
+            return await self._accept_login(request, None)
+        if fault.kind in _LOGIN_FAILURES:
             return await self._failed_login(request, fault)
+        if fault.kind == "lose_answer":
+            # Everything a normal login does happens (or, if it fails, nothing does); only
+            # the answer, success or error, never leaves.
+            with contextlib.suppress(_ApiError):
+                await self._accept_login(request, None)
+            return _hang_up(request)
+        return await self._accept_login(request, fault.kind)
+
+    async def _accept_login(
+        self, request: web.Request, shape: LoginFaultKind | None
+    ) -> web.StreamResponse:
+        """Check the credentials, apply ``new_password`` and issue a token shaped by ``shape``."""
         user = self._check_basic(request)
         body = await _read_json(request)
         new_password = body.get("new_password")
@@ -721,10 +753,11 @@ class Simulator:
             problem = _password_problem(new_password, "new_password")
             if problem is not None:
                 raise _invalid(problem)
-            self.users[user] = str(new_password)
+            # Before the token is issued, so a revoking change spares the token of this login.
+            self._change_password(user, str(new_password))
             if user == self.username:
                 self.password_change_required = False
-        return self._issue_token(user, fault.kind if fault is not None else None)
+        return self._issue_token(user, shape)
 
     async def _failed_login(self, request: web.Request, fault: LoginFault) -> web.StreamResponse:
         match fault.kind:
@@ -788,6 +821,19 @@ class Simulator:
 
     # --- users ---------------------------------------------------------------------------
 
+    def _revoke_user(self, name: str) -> None:
+        """Revoke every token of one user."""
+        for token, record in list(self.tokens.items()):
+            if record.username == name:
+                del self.tokens[token]
+
+    def _change_password(self, name: str, password: str) -> None:
+        """Apply an accepted password change made through the API (login or ``PUT``)."""
+        self.users[name] = password
+        self.password_changes += 1
+        if self.password_change_revokes:
+            self._revoke_user(name)
+
     async def _create_user(self, request: web.Request) -> web.StreamResponse:
         self._require_admin(request)
         body = await _read_json(request)
@@ -818,14 +864,12 @@ class Simulator:
         problem = _password_problem(password, "password")
         if problem is not None:
             raise _invalid(problem)
-        self.users[name] = password
+        self._change_password(name, password)
         return _answer({})
 
     async def _delete_user(self, request: web.Request) -> web.StreamResponse:
         name = self._existing_user(request)
-        for token, record in list(self.tokens.items()):
-            if record.username == name:
-                del self.tokens[token]
+        self._revoke_user(name)
         if name != self.username:
             del self.users[name]
         return _answer({})

@@ -22,6 +22,9 @@
   backoff ends, then half-open for one trial login; its state shows in readiness and metrics.
   Each trial logs in and checks the new token with ``check_fn``, so the pool recovers without
   traffic (which a gateway whose readiness says 503 does not get).
+- :meth:`TokenPool.rotate` runs ``rotate_fn`` (a login that changes the password, see
+  :mod:`gateway.rotation`) as the account's one login in flight; its token replaces the pooled
+  one like a refresh's.
 """
 
 from __future__ import annotations
@@ -166,6 +169,8 @@ class TokenPool:
     rng: random.Random = field(default_factory=random.Random)
     check_fn: CheckFn | None = None
     maxsize: int = 64
+    # A login that also changes the password (see gateway.rotation); rotate() needs it.
+    rotate_fn: LoginFn | None = None
 
     def __post_init__(self) -> None:
         self._tokens: TLRUCache[Account, Token] = TLRUCache(
@@ -224,6 +229,16 @@ class TokenPool:
             slot.needs_check = True
             failure = TokenRejected(f"The Webapp refused token {token.fingerprint} at once.")
             self._failed(slot, failure, self.clock.monotonic())
+
+    async def rotate(self, account: Account) -> Token | LoginFailed:
+        """Log in for ``account`` with ``rotate_fn``, once no other login is in flight; the new
+        token replaces the pooled one like a refresh's."""
+        if self.rotate_fn is None:
+            raise RuntimeError("TokenPool.rotate() needs a rotate_fn")
+        slot = self._slot(account)
+        while slot.login is not None:  # one login at a time: wait for the one under way
+            await asyncio.shield(slot.login)
+        return await asyncio.shield(self._start_login(slot, "rotate"))
 
     def invalidate(self, account: Account, rejected: Token) -> bool:
         """Forget ``rejected`` if it is still the pooled token; True if it was."""
@@ -328,7 +343,8 @@ class TokenPool:
         sent_at = self.clock.monotonic()
         try:
             async with asyncio.timeout(self.config.login_timeout):
-                grant = await self.login_fn(slot.account)
+                login = self.rotate_fn if reason == "rotate" and self.rotate_fn else self.login_fn
+                grant = await login(slot.account)
         except LoginFailed as exc:
             return self._failed(slot, exc, sent_at)
         except TimeoutError:

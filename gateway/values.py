@@ -219,6 +219,29 @@ def seconds_or_zero(value: object) -> float:
     return number
 
 
+_INTERVAL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
+_INTERVAL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_INTERVAL_HINT = "must be 0 (never) or seconds, optionally with s, m, h or d, e.g. 30d"
+# A rotation is a login: more often than this would only strain the Webapp.
+MIN_ROTATION_INTERVAL = 60.0
+
+
+def rotation_interval(value: object) -> float:
+    if isinstance(value, str):
+        match = _INTERVAL.match(value)
+        if match is None:
+            raise Invalid(_INTERVAL_HINT)
+        number = float(match.group(1)) * _INTERVAL_UNITS[match.group(2).lower()]
+    else:
+        try:
+            number = _number(value)
+        except Invalid:
+            raise Invalid(_INTERVAL_HINT) from None
+    if number != 0 and not MIN_ROTATION_INTERVAL <= number < math.inf:
+        raise Invalid(f"must be 0 (never) or at least {MIN_ROTATION_INTERVAL:g} seconds")
+    return number
+
+
 def fraction(value: object) -> float:
     number = _number(value)
     if not 0 <= number < 1:

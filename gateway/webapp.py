@@ -17,9 +17,10 @@ from yarl import URL
 from .config import Config
 from .errors import GatewayError, WebappTimeout, WebappUnreachable
 from .login import BadCredentials, Grant, InvalidLoginAnswer, WebappUnavailable, parse_login
+from .passwords import PasswordFile
+from .rotation import log_in
 from .secret import Secret
 from .tokens import Account, Clock, SystemClock, Token
-from .values import Invalid, read_password_file
 
 LOGIN_PATH = "/v1/users/login"
 CHECK_PATH = "/v1/health"
@@ -100,6 +101,8 @@ class Webapp:
         self._base = str(config.webapp.url)
         self._clock = clock or SystemClock()
         self._session: aiohttp.ClientSession | None = None
+        file = config.webapp.password_file
+        self._password_file = None if file is None else PasswordFile(file)
 
     async def open(self) -> None:
         """Create the connection pool (inside the running loop)."""
@@ -161,34 +164,49 @@ class Webapp:
         async with self.session.get(self._base + CHECK_PATH, headers=headers) as response:
             return response.status != 401
 
-    async def login(self, account: Account) -> Grant:
-        """Log in as ``account`` with Basic auth; raise :class:`LoginFailed` naming the cause."""
-        password = await self._password()
+    async def login(self, account: Account, *, rotate: bool = False) -> Grant:
+        """Log in as ``account`` with Basic auth; raise :class:`LoginFailed` naming the cause.
+
+        With a password file, the login goes through :func:`gateway.rotation.log_in`, which
+        finishes an interrupted rotation first and, with ``rotate`` (or when the Webapp requires
+        a new password and rotation is on), changes the password as part of the login.
+        """
+        webapp = self.config.webapp
+        if self._password_file is None:
+            if webapp.password is None or rotate:  # load_config and the CLI never let this happen
+                raise BadCredentials("No password file is configured.")
+            return await self._post_login(account, webapp.password, None)
+        return await log_in(
+            self._password_file,
+            lambda password, new: self._post_login(account, password, new),
+            rotate=rotate,
+            rotate_if_required=webapp.password_rotate_every > 0,
+            # Within the pool's limit on the whole login, so that a held lock is named as such.
+            lock_wait=self.config.tokens.login_timeout / 2,
+        )
+
+    async def _post_login(
+        self, account: Account, password: Secret, new_password: Secret | None
+    ) -> Grant:
         headers = {
             "Authorization": aiohttp.encode_basic_auth(
                 account.username, password.reveal(), encoding="latin-1"
             ),
             "Accept": "application/json",
         }
+        body = None
+        if new_password is not None:
+            body = {"new_password": new_password.reveal()}
+            headers["Content-Type"] = "application/json"  # the session skips the automatic one
         local_now = self._clock.time()
         try:
-            async with self.session.post(self._base + LOGIN_PATH, headers=headers) as response:
-                body = await _read_capped(response.content, MAX_LOGIN_ANSWER)
-                return parse_login(response.status, response.headers.get("Date"), body, local_now)
+            async with self.session.post(
+                self._base + LOGIN_PATH, headers=headers, json=body
+            ) as response:
+                answer = await _read_capped(response.content, MAX_LOGIN_ANSWER)
+                return parse_login(response.status, response.headers.get("Date"), answer, local_now)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise WebappUnavailable(f"Login: {translate(exc).details}") from exc
-
-    async def _password(self) -> Secret:
-        # Read at every login, so that a password fixed in the file is used by the next retry.
-        webapp = self.config.webapp
-        if webapp.password_file is None:
-            if webapp.password is None:  # load_config never lets this happen
-                raise BadCredentials("No password is configured.")
-            return webapp.password
-        try:
-            return await asyncio.to_thread(read_password_file, webapp.password_file)
-        except Invalid as exc:
-            raise BadCredentials(f"The password file {exc}.") from None
 
 
 async def _read_capped(content: aiohttp.StreamReader, limit: int) -> bytes:

@@ -78,6 +78,13 @@ async def error_code(resp: aiohttp.ClientResponse) -> int:
     return code
 
 
+async def valid(client: Client, token: str) -> bool:
+    """Whether the simulator accepts ``token`` on a secured path."""
+    resp = await client.get("/v1/health", headers=bearer(token))
+    assert resp.status in {200, 401}
+    return resp.status == 200
+
+
 async def eventually(condition: Callable[[], bool]) -> None:
     """Wait up to two seconds for `condition` (the simulator has no event to await)."""
     for _ in range(200):
@@ -246,6 +253,42 @@ async def test_password_can_be_set_by_a_test(sim: Simulator, client: Client) -> 
     sim.password = STRONG
     assert sim.users["admin"] == STRONG
     await login(client, STRONG)
+
+
+@pytest.mark.parametrize("revokes", [False, True], ids=["keeps", "revokes"])
+async def test_a_password_change_at_login_may_revoke_earlier_tokens(
+    sim: Simulator, client: Client, revokes: bool
+) -> None:
+    sim.password_change_revokes = revokes
+    sim.users["bob"] = STRONG
+    bob = await client.post("/v1/users/login", headers={"Authorization": basic("bob", STRONG)})
+    bob_token = (await bob.json())["users"][0]["token"]
+    earlier = [await login(client), await login(client)]
+    changing = await login(client, new_password=STRONG)
+    later = await login(client, STRONG)
+    assert sim.password_changes == 1
+    assert [await valid(client, token) for token in earlier] == [not revokes] * 2
+    # The changing login's own token, later ones and other users' tokens are untouched.
+    for token in (changing, later, bob_token):
+        assert await valid(client, token)
+
+
+async def test_only_accepted_password_changes_count(sim: Simulator, client: Client) -> None:
+    sim.password_change_revokes = True
+    token = await login(client)
+    for password, new_password in [("wrong", STRONG), (DEFAULT_PASSWORD, "weak")]:
+        resp = await client.post(
+            "/v1/users/login",
+            headers={"Authorization": basic("admin", password)},
+            json={"new_password": new_password},
+        )
+        assert resp.status in {400, 401}
+    for name, body in [("admin", {"password": "weak"}), ("admin", {}), ("nobody", {})]:
+        resp = await client.put(f"/v1/users/{name}", headers=bearer(token), json=body)
+        assert resp.status in {400, 404}
+    sim.password = "Set-by-test1"  # a test hook, not a change made through the API
+    assert sim.password_changes == 0
+    assert await valid(client, token)
 
 
 async def test_several_tokens_of_one_user_are_valid_at_once(sim: Simulator, client: Client) -> None:
@@ -417,6 +460,28 @@ async def test_put_on_own_user_changes_password(sim: Simulator, client: Client) 
     resp = await client.put("/v1/users/admin", headers=admin, json={"password": STRONG})
     assert resp.status == 200
     assert sim.password == STRONG
+
+
+@pytest.mark.parametrize("revokes", [False, True], ids=["keeps", "revokes"])
+async def test_a_password_change_by_put_may_revoke_the_users_tokens(
+    sim: Simulator, client: Client, revokes: bool
+) -> None:
+    sim.password_change_revokes = revokes
+    sim.users["bob"] = STRONG
+    first, second = await login(client), await login(client)
+    bob = await client.post("/v1/users/login", headers={"Authorization": basic("bob", STRONG)})
+    bob_token = (await bob.json())["users"][0]["token"]
+    resp = await client.put("/v1/users/bob", headers=bearer(first), json={"password": "Other-1!a"})
+    assert resp.status == 200
+    assert sim.password_changes == 1
+    assert await valid(client, bob_token) is not revokes
+    assert [await valid(client, token) for token in (first, second)] == [True, True]
+    # One's own password: the answer arrives even when the change revokes the token it came with.
+    resp = await client.put("/v1/users/admin", headers=bearer(first), json={"password": STRONG})
+    assert resp.status == 200
+    assert sim.password_changes == 2
+    assert [await valid(client, token) for token in (first, second)] == [not revokes] * 2
+    assert await valid(client, await login(client, STRONG))
 
 
 async def test_deleting_the_own_user_revokes_its_tokens_but_keeps_it(
@@ -786,6 +851,23 @@ async def test_a_restarted_simulator_keeps_accounts_and_settings_only(
     assert (tmp_path / (await resp.json())["media"][0]["id"]).exists()
 
 
+async def test_a_restarted_simulator_keeps_password_change_revokes(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    assert not Simulator().password_change_revokes
+    assert not Simulator().restarted().password_change_revokes
+    assert Simulator(password_change_revokes=True).restarted().password_change_revokes
+    sim = Simulator(password_change_required=False)
+    sim.password_change_revokes = True  # flipped by a test after construction
+    sim.password_changes = 3
+    successor = sim.restarted()
+    assert (successor.password_change_revokes, successor.password_changes) == (True, 0)
+    client = await aiohttp_client(successor.make_app())
+    earlier = await login(client)
+    changing = await login(client, new_password=STRONG)
+    assert [await valid(client, earlier), await valid(client, changing)] == [False, True]
+
+
 # --- login faults ------------------------------------------------------------------------
 
 
@@ -880,6 +962,58 @@ async def test_reshaping_login_faults_still_check_credentials(
     resp = await client.post("/v1/users/login", headers={"Authorization": basic("admin", "no")})
     assert resp.status == 401
     assert not sim.login_script
+
+
+@pytest.mark.parametrize("revokes", [False, True], ids=["keeps", "revokes"])
+async def test_login_fault_lose_answer_changes_the_password_and_hangs_up(
+    sim: Simulator, served: aiohttp.ClientSession, revokes: bool
+) -> None:
+    sim.password_change_revokes = revokes
+    earlier = await login(served)
+    sim.login_script.append(LoginFault("lose_answer"))
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await served.post(
+            "/v1/users/login",
+            headers={"Authorization": basic()},
+            json={"new_password": STRONG},
+            timeout=SHORT,
+        )
+    await settled(sim)
+    assert (sim.password, sim.password_changes, sim.password_change_required) == (STRONG, 1, False)
+    assert (sim.login_attempts, sim.logins, sim.login_script) == (2, 2, collections.deque())
+    assert sim.seen_on("/v1/users/login")[-1].status is None  # no status line went out
+    lost = sim.issued_tokens[-1]
+    assert await valid(served, lost)  # issued and valid, though the client never saw it
+    assert await valid(served, earlier) is not revokes
+    resp = await served.post("/v1/users/login", headers={"Authorization": basic()})
+    assert resp.status == 401  # the old password is gone
+    await login(served, STRONG)  # the script is used up: the next login is normal
+
+
+@pytest.mark.parametrize(
+    ("password", "new_password"),
+    [("wrong", STRONG), (DEFAULT_PASSWORD, "weak")],
+    ids=["wrong-credentials", "weak-new-password"],
+)
+async def test_login_fault_lose_answer_of_a_failed_login_changes_nothing(
+    sim: Simulator, client: Client, password: str, new_password: str
+) -> None:
+    sim.password_change_revokes = True
+    earlier = await login(client)
+    sim.login_script.append(LoginFault("lose_answer"))
+    # ClientConnectionError, not only ServerDisconnectedError: with wrong credentials the
+    # simulator hangs up without reading the body, which a kernel may answer with a reset.
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await client.post(
+            "/v1/users/login",
+            headers={"Authorization": basic("admin", password)},
+            json={"new_password": new_password},
+            timeout=SHORT,
+        )
+    assert (sim.password, sim.password_changes) == (DEFAULT_PASSWORD, 0)
+    assert (sim.login_attempts, sim.logins, list(sim.tokens)) == (2, 1, [earlier])
+    assert not sim.login_script
+    assert await valid(client, earlier)
 
 
 def test_unknown_fault_kinds_are_refused() -> None:

@@ -1,0 +1,548 @@
+"""Password rotation: new passwords, the crash-safe order of a rotating login, the schedule, the
+``rotate-password`` command, and a gateway that keeps serving while its password changes."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import random
+import stat
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from pytest_aiohttp import AiohttpServer
+
+from gateway.config import ConfigError, load_config
+from gateway.login import (
+    BadCredentials,
+    Grant,
+    LoginFailed,
+    PasswordChangeRequired,
+    WebappUnavailable,
+)
+from gateway.metrics import Metrics
+from gateway.passwords import CHARACTER_CLASSES, PasswordFile, new_password
+from gateway.rotation import Rotator, log_in
+from gateway.secret import Secret
+from gateway.simulator import LoginFault, Simulator, _password_problem
+from gateway.tokens import Account, TokenPool
+
+from .conftest import API_KEY, MESSAGE, TEST_ENV, Logs, MakeRig, Rig, until
+from .processes import child_env
+
+OLD = "Old-password-1!"
+REPO = Path(__file__).resolve().parent.parent
+
+
+# --- new passwords --------------------------------------------------------------------------------
+
+
+def test_new_passwords_meet_the_webapps_rules_and_differ() -> None:
+    rng = random.Random(7)
+    passwords = [new_password(rng).reveal() for _ in range(2000)]
+    for password in passwords:
+        # The simulator's own reading of the Webapp's rules, written apart from the generator.
+        assert _password_problem(password, "new_password") is None, password
+        assert len(password) == 32
+        assert all(any(c in group for c in password) for group in CHARACTER_CLASSES)
+    assert len(set(passwords)) == len(passwords)
+
+
+# --- the order of a rotating login, against a Webapp kept in memory -------------------------------
+
+
+class FakeWebapp:
+    """The Webapp's side of a login, without sockets: one password, changed by ``new_password``.
+
+    ``lose_next`` applies the next login and then loses its answer, as a cut connection would.
+    """
+
+    def __init__(self, password: str, *, change_required: bool = False) -> None:
+        self.password = password
+        self.change_required = change_required
+        self.attempts: list[tuple[str, str | None]] = []
+        self.changes = 0
+        self.lose_next = False
+        self.delay = 0.0
+
+    async def post_account(self, _account: Account) -> Grant:
+        return await self.post(Secret(self.password), None)
+
+    async def post(self, password: Secret, new: Secret | None) -> Grant:
+        self.attempts.append((password.reveal(), None if new is None else new.reveal()))
+        await asyncio.sleep(self.delay)
+        if password.reveal() != self.password:
+            raise BadCredentials("401")
+        if new is None and self.change_required:
+            raise PasswordChangeRequired("1024")
+        if new is not None:
+            self.password, self.change_required = new.reveal(), False
+            self.changes += 1
+        if self.lose_next:
+            self.lose_next = False
+            raise WebappUnavailable("cut")
+        return Grant(Secret(f"token-{len(self.attempts)}"), 3600.0)
+
+
+@pytest.fixture
+def file(tmp_path: Path) -> PasswordFile:
+    path = tmp_path / "password"
+    path.write_text(OLD + "\n")
+    path.chmod(0o600)
+    return PasswordFile(path)
+
+
+async def login(
+    file: PasswordFile, webapp: FakeWebapp, *, rotate: bool = False, when_required: bool = True
+) -> Grant:
+    return await log_in(
+        file, webapp.post, rotate=rotate, rotate_if_required=when_required, lock_wait=1.0
+    )
+
+
+async def test_a_plain_login_reads_the_file_and_changes_nothing(file: PasswordFile) -> None:
+    webapp = FakeWebapp(OLD)
+    await login(file, webapp)
+    assert webapp.attempts == [(OLD, None)]
+    assert file.read().reveal() == OLD
+    assert not file.next_path.exists()
+
+
+async def test_a_rotation_keeps_the_new_password_only_in_the_file(file: PasswordFile) -> None:
+    webapp = FakeWebapp(OLD)
+    await login(file, webapp, rotate=True)
+    assert webapp.changes == 1
+    assert webapp.password != OLD
+    assert file.read().reveal() == webapp.password
+    assert stat.S_IMODE(file.path.stat().st_mode) == 0o600
+    assert not file.next_path.exists()
+
+
+async def test_a_rotation_whose_answer_is_lost_is_finished_by_the_next_login(
+    file: PasswordFile,
+) -> None:
+    webapp = FakeWebapp(OLD)
+    webapp.lose_next = True
+    with pytest.raises(WebappUnavailable):
+        await login(file, webapp, rotate=True)
+    # The Webapp took the new password; the file still has the old one, the new one waits beside.
+    assert file.read().reveal() == OLD
+    assert file.next_path.read_text().rstrip("\n") == webapp.password
+    await login(file, webapp)
+    assert file.read().reveal() == webapp.password
+    assert not file.next_path.exists()
+    assert webapp.attempts[-1] == (webapp.password, None)  # the waiting password, tried first
+
+
+async def test_a_new_password_the_webapp_never_took_is_discarded_once_the_old_one_works(
+    file: PasswordFile,
+) -> None:
+    webapp = FakeWebapp(OLD)
+    file.write_next(Secret("Never-applied-2@"))
+    await login(file, webapp)
+    assert webapp.attempts == [("Never-applied-2@", None), (OLD, None)]
+    assert file.read().reveal() == OLD
+    assert not file.next_path.exists()
+
+
+async def test_a_rotation_settles_an_unfinished_one_before_it_writes_its_own(
+    file: PasswordFile,
+) -> None:
+    webapp = FakeWebapp("Applied-earlier-3#")
+    file.write_next(Secret("Applied-earlier-3#"))  # a crash after the Webapp took this one
+    await login(file, webapp, rotate=True)
+    assert webapp.changes == 1
+    assert webapp.attempts[0] == ("Applied-earlier-3#", None)
+    assert webapp.attempts[1][0] == "Applied-earlier-3#"  # the rotation starts from it
+    assert file.read().reveal() == webapp.password
+    assert not file.next_path.exists()
+
+
+async def test_a_rotation_refused_with_401_changes_nothing(file: PasswordFile) -> None:
+    webapp = FakeWebapp("Someone-else-4$")
+    with pytest.raises(BadCredentials):
+        await login(file, webapp, rotate=True)
+    assert webapp.password == "Someone-else-4$"
+    assert file.read().reveal() == OLD
+    assert not file.next_path.exists()
+
+
+async def test_a_required_change_is_made_only_when_rotation_is_on(file: PasswordFile) -> None:
+    webapp = FakeWebapp(OLD, change_required=True)
+    with pytest.raises(PasswordChangeRequired):
+        await login(file, webapp, when_required=False)
+    assert file.read().reveal() == OLD
+    assert webapp.changes == 0
+    await login(file, webapp, when_required=True)
+    assert webapp.changes == 1
+    assert file.read().reveal() == webapp.password != OLD
+
+
+async def test_concurrent_rotations_through_separate_handles_take_turns(
+    file: PasswordFile,
+) -> None:
+    # Separate PasswordFile objects stand for separate processes: each opens its own lock.
+    webapp = FakeWebapp(OLD)
+    webapp.delay = 0.02  # without the lock, every rotation but one would read a stale password
+    await asyncio.gather(*(login(PasswordFile(file.path), webapp, rotate=True) for _ in range(5)))
+    assert webapp.changes == 5
+    assert file.read().reveal() == webapp.password
+    assert not file.next_path.exists()
+
+
+async def test_a_login_gives_up_on_a_lock_held_elsewhere(file: PasswordFile) -> None:
+    webapp = FakeWebapp(OLD)
+    fd = os.open(file.lock_path, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(LoginFailed, match="lock"):
+            await log_in(file, webapp.post, rotate=True, rotate_if_required=True, lock_wait=0.1)
+    finally:
+        os.close(fd)
+    assert webapp.attempts == []
+    await login(file, webapp)  # released: logins go on
+    assert webapp.attempts == [(OLD, None)]
+
+
+async def test_a_lock_file_that_cannot_be_opened_does_not_stop_logins(
+    file: PasswordFile,
+) -> None:
+    # As in a read-only directory, where no rotation can happen that a login would wait for.
+    file.lock_path.mkdir()
+    webapp = FakeWebapp(OLD)
+    await login(file, webapp)
+    assert webapp.attempts == [(OLD, None)]
+
+
+async def test_a_new_password_that_cannot_be_kept_is_never_sent(file: PasswordFile) -> None:
+    file.next_path.mkdir()  # neither readable as a password nor writable as one
+    webapp = FakeWebapp(OLD)
+    with pytest.raises(LoginFailed, match="could not be updated"):
+        await login(file, webapp, rotate=True)
+    assert webapp.attempts == []
+    assert file.read().reveal() == OLD
+
+
+async def test_the_schedule_survives_a_rotation_that_crashes(
+    file: PasswordFile, logs: Logs
+) -> None:
+    past = time.time() - 7200
+    os.utime(file.path, (past, past))
+    config = load_config(None, {**TEST_ENV, "WA_WEBAPP_URL": "http://127.0.0.1:9"})
+    metrics = Metrics()
+    pool = TokenPool(FakeWebapp(OLD).post_account, config.tokens, metrics)  # no rotate_fn: a bug
+    rotator = Rotator(
+        pool, Account("http://127.0.0.1:9", "admin"), file, 3600, config.tokens, metrics
+    )
+    rotator.start()
+    await until(lambda: len(logs.named("password.rotation_crashed")) >= 2)
+    await rotator.close()
+    assert metrics.rotations.labels("error")._value.get() >= 2
+
+
+# --- the setting ----------------------------------------------------------------------------------
+
+
+def config_env(tmp_path: Path, **env: str) -> dict[str, str]:
+    path = tmp_path / "password"
+    path.write_text(OLD)
+    path.chmod(0o600)
+    return {"WA_WEBAPP_URL": "http://127.0.0.1:9", "WA_PASSWORD_FILE": str(path), **env}
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [("30d", 30 * 86400.0), ("12h", 43200.0), ("90m", 5400.0), ("3600", 3600.0), ("0", 0.0)],
+)
+def test_the_rotation_interval_takes_units(tmp_path: Path, raw: str, seconds: float) -> None:
+    config = load_config(None, config_env(tmp_path, WA_PASSWORD_ROTATE_EVERY=raw))
+    assert config.webapp.password_rotate_every == seconds
+
+
+@pytest.mark.parametrize("raw", ["59", "30x", "-1d", "soon", "1e999"])
+def test_a_bad_rotation_interval_is_named(tmp_path: Path, raw: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, config_env(tmp_path, WA_PASSWORD_ROTATE_EVERY=raw))
+    assert caught.value.problems[0].startswith("WA_PASSWORD_ROTATE_EVERY")
+
+
+def test_rotation_needs_a_password_file(tmp_path: Path) -> None:
+    env = config_env(tmp_path, WA_PASSWORD_ROTATE_EVERY="30d", WA_PASSWORD=OLD)
+    del env["WA_PASSWORD_FILE"]
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, env)
+    assert caught.value.problems == [
+        "WA_PASSWORD_ROTATE_EVERY (webapp.password_rotate_every): needs WA_PASSWORD_FILE, "
+        "where the gateway keeps each new password"
+    ]
+
+
+# --- a gateway whose password rotates -------------------------------------------------------------
+
+
+@pytest.fixture
+def password_path(tmp_path: Path) -> Path:
+    path = tmp_path / "secrets" / "password"
+    path.parent.mkdir()
+    path.write_text(OLD + "\n")
+    path.chmod(0o600)
+    return path
+
+
+async def rotating_rig(
+    make_rig: MakeRig,
+    path: Path,
+    every: str = "30d",
+    sim: Simulator | None = None,
+    **sim_options: object,
+) -> Rig:
+    env: dict[str, str | None] = {
+        "WA_PASSWORD": None,
+        "WA_PASSWORD_FILE": str(path),
+        "WA_PASSWORD_ROTATE_EVERY": every,
+    }
+    if sim is not None:
+        return await make_rig(sim=sim, env=env)
+    return await make_rig(env=env, **{"password": OLD, **sim_options})
+
+
+async def send_messages(rig: Rig, count: int) -> list[int]:
+    async def one() -> int:
+        async with rig.client.post("/v1/messages", json=MESSAGE) as response:
+            await response.read()
+            return response.status
+
+    return await asyncio.gather(*(one() for _ in range(count)))
+
+
+def stored(path: Path) -> str:
+    """The password a file holds (blocking, but a few bytes: not worth a thread in a test)."""
+    return path.read_text().rstrip("\n")
+
+
+def assert_no_password_leaked(rig: Rig, *passwords: str) -> None:
+    for password in passwords:
+        assert password not in rig.logs.text
+
+
+async def test_a_new_webapp_that_requires_a_change_gets_one_from_the_gateway(
+    make_rig: MakeRig, password_path: Path
+) -> None:
+    rig = await rotating_rig(make_rig, password_path, password_change_required=True)
+    assert await send_messages(rig, 20) == [201] * 20
+    new = stored(password_path)
+    assert rig.sim.password == new != OLD
+    assert rig.sim.password_changes == 1
+    assert rig.sim.login_attempts == 2  # refused with code 1024, then the rotating login
+    assert rig.logs.named("password.rotated")
+    assert_no_password_leaked(rig, OLD, new)
+
+
+async def test_without_rotation_a_required_change_says_how_to_make_one(
+    make_rig: MakeRig, password_path: Path
+) -> None:
+    rig = await rotating_rig(make_rig, password_path, "0", password_change_required=True)
+    async with rig.client.post("/v1/messages", json=MESSAGE) as response:
+        assert response.status == 503
+        details = (await response.json())["errors"][0]["details"]
+    assert "rotate-password" in details
+    assert rig.sim.password == OLD
+    assert rig.sim.password_changes == 0
+    assert stored(password_path) == OLD
+
+
+async def test_the_schedule_rotates_a_password_file_older_than_the_interval(
+    make_rig: MakeRig, password_path: Path
+) -> None:
+    past = time.time() - 2 * 3600
+    os.utime(password_path, (past, past))
+    rig = await rotating_rig(make_rig, password_path, "1h")
+    await until(lambda: rig.sim.password_changes == 1)
+    await until(lambda: stored(password_path) == rig.sim.password)
+    assert await send_messages(rig, 5) == [201] * 5
+    async with rig.client.get("/_gateway/metrics") as response:
+        text = await response.text()
+    assert 'wa_gateway_password_rotations_total{result="ok"} 1.0' in text
+    age = next(line for line in text.splitlines() if line.startswith("wa_gateway_password_age"))
+    assert float(age.split()[-1]) < 3600
+    assert rig.sim.password_changes == 1  # fresh again: no second rotation
+    assert_no_password_leaked(rig, OLD, rig.sim.password)
+
+
+async def test_a_scheduled_rotation_that_fails_is_tried_again_after_a_backoff(
+    make_rig: MakeRig, password_path: Path
+) -> None:
+    past = time.time() - 2 * 3600
+    os.utime(password_path, (past, past))
+    # The first login succeeds (without a Date header); the rotation meets a 503.
+    sim = Simulator(password=OLD, password_change_required=False, api_key=API_KEY)
+    sim.login_script.extend([LoginFault("no_date"), LoginFault("status", 503)])
+    rig = await rotating_rig(make_rig, password_path, "1h", sim=sim)
+    await until(lambda: rig.sim.password_changes == 1)
+    await until(lambda: stored(password_path) == rig.sim.password)
+    async with rig.client.get("/_gateway/metrics") as response:
+        text = await response.text()
+    assert 'wa_gateway_password_rotations_total{result="webapp_unavailable"} 1.0' in text
+    assert 'wa_gateway_password_rotations_total{result="ok"} 1.0' in text
+    assert await send_messages(rig, 5) == [201] * 5
+
+
+async def test_a_fresh_password_file_is_not_rotated(make_rig: MakeRig, password_path: Path) -> None:
+    rig = await rotating_rig(make_rig, password_path, "1h")
+    assert await send_messages(rig, 5) == [201] * 5
+    assert rig.sim.password_changes == 0
+    assert stored(password_path) == OLD
+
+
+@pytest.mark.parametrize("revokes", [False, True], ids=["tokens-survive", "tokens-revoked"])
+async def test_requests_flow_while_the_gateway_rotates(
+    make_rig: MakeRig, password_path: Path, revokes: bool
+) -> None:
+    rig = await rotating_rig(make_rig, password_path, password_change_revokes=revokes)
+    await until(lambda: rig.sim.logins == 1)
+    rig.sim.login_delay = 0.3  # the rotation is under way while the requests arrive
+    account = rig.gateway.webapp.account
+    rotation = asyncio.ensure_future(rig.gateway.pool.rotate(account))
+    statuses = await send_messages(rig, 200)
+    await rotation
+    statuses += await send_messages(rig, 50)
+    assert statuses == [201] * 250
+    assert rig.sim.login_attempts == 2  # the first login and the rotation, nothing more
+    assert rig.sim.password == stored(password_path)
+
+
+@pytest.mark.parametrize("revokes", [False, True], ids=["tokens-survive", "tokens-revoked"])
+async def test_a_password_changed_by_another_process_is_picked_up_from_the_file(
+    make_rig: MakeRig, password_path: Path, revokes: bool
+) -> None:
+    rig = await rotating_rig(make_rig, password_path, password_change_revokes=revokes)
+    assert await send_messages(rig, 5) == [201] * 5
+    logins = rig.sim.login_attempts
+    # Another process (rotate-password, a second gateway) rotates through its own handle.
+    other = PasswordFile(password_path)
+    await log_in(
+        other,
+        lambda password, new: rig.gateway.webapp._post_login(
+            rig.gateway.webapp.account, password, new
+        ),
+        rotate=True,
+        rotate_if_required=False,
+        lock_wait=1.0,
+    )
+    assert await send_messages(rig, 20) == [201] * 20
+    # Revoked: the pooled token meets one 401, and one login reads the new password from the file.
+    assert rig.sim.login_attempts - logins == 1 + revokes
+
+
+async def test_a_rotation_whose_answer_was_lost_is_finished_and_serving_never_stops(
+    make_rig: MakeRig, password_path: Path
+) -> None:
+    rig = await rotating_rig(make_rig, password_path, password_change_revokes=True)
+    await until(lambda: rig.sim.logins == 1)
+    rig.sim.login_script.append(LoginFault("lose_answer"))
+    account = rig.gateway.webapp.account
+    outcome = await rig.gateway.pool.rotate(account)
+    assert isinstance(outcome, WebappUnavailable)
+    new = rig.sim.password
+    assert new != OLD
+    assert stored(password_path) == OLD
+    await asyncio.sleep(0.3)  # past the failed login's backoff (TEST_ENV caps it at 0.2 s)
+    # The old token was revoked with the change: the next request's 401 makes the pool log in,
+    # which tries the waiting password first, finishes the rotation, and the request is replayed.
+    assert await send_messages(rig, 10) == [201] * 10
+    assert stored(password_path) == new
+    assert not PasswordFile(password_path).next_path.exists()
+    assert rig.logs.named("password.recovered")
+    assert_no_password_leaked(rig, OLD, new)
+
+
+# --- wa-gateway rotate-password -------------------------------------------------------------------
+
+
+@pytest.fixture
+async def webapp(aiohttp_server: AiohttpServer) -> tuple[Simulator, str]:
+    sim = Simulator(password=OLD, password_change_required=False)
+    server = await aiohttp_server(sim.make_app())
+    return sim, str(server.make_url("")).rstrip("/")
+
+
+async def rotate_password(env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
+    """``python -m gateway rotate-password`` as an asyncio subprocess (the simulator runs in this
+    event loop, which a blocking subprocess call would stall)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "rotate-password",
+        env=child_env({"PYTHONPATH": str(REPO), **env}),
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(30):
+        out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+@pytest.fixture
+def env_for(password_path: Path) -> dict[str, str]:
+    return {
+        **TEST_ENV,
+        "WA_PASSWORD": "",
+        "WA_API_KEY": "",
+        "WA_PASSWORD_FILE": str(password_path),
+    }
+
+
+async def test_rotate_password_changes_it_at_the_webapp_and_in_the_file(
+    webapp: tuple[Simulator, str], env_for: dict[str, str], password_path: Path, tmp_path: Path
+) -> None:
+    sim, url = webapp
+    status, out, err = await rotate_password({**env_for, "WA_WEBAPP_URL": url}, tmp_path)
+    assert status == 0, err
+    new = stored(password_path)
+    assert sim.password == new != OLD
+    assert out == f"wa-gateway: password rotated; the new one is in {password_path}\n"
+    assert "password.rotated" in err
+    for secret in (OLD, new, *sim.issued_tokens):
+        assert secret not in out + err
+    assert len(sim.tokens) == 1  # its token is left to expire, not logged out
+
+
+async def test_rotate_password_reports_a_refusal_and_changes_nothing(
+    webapp: tuple[Simulator, str], env_for: dict[str, str], password_path: Path, tmp_path: Path
+) -> None:
+    sim, url = webapp
+    sim.password = "Changed-elsewhere-5%"
+    status, out, err = await rotate_password({**env_for, "WA_WEBAPP_URL": url}, tmp_path)
+    assert status == 1
+    assert "rotation failed (bad_credentials)" in err
+    assert "Traceback" not in err
+    assert out == ""
+    assert stored(password_path) == OLD
+    assert sim.password == "Changed-elsewhere-5%"
+
+
+async def test_rotate_password_needs_a_password_file(tmp_path: Path) -> None:
+    env = {**TEST_ENV, "WA_WEBAPP_URL": "http://127.0.0.1:9"}
+    status, _out, err = await rotate_password(env, tmp_path)
+    assert status == 2
+    assert err.startswith("wa-gateway: configuration error: WA_PASSWORD_FILE")
+    assert err.count("\n") == 1
+
+
+async def test_an_unreachable_webapp_fails_the_rotation_cleanly(
+    env_for: dict[str, str], password_path: Path, tmp_path: Path
+) -> None:
+    status, _out, err = await rotate_password(
+        {**env_for, "WA_WEBAPP_URL": "http://127.0.0.1:9"}, tmp_path
+    )
+    assert status == 1
+    assert "rotation failed (webapp_unavailable)" in err
+    assert stored(password_path) == OLD
+    # Nothing reached the Webapp, but the gateway cannot know that: the new password waits.
+    assert PasswordFile(password_path).next_path.exists()
