@@ -6,6 +6,7 @@ The gateway logs a request after its answer is sent, so tests wait (boundedly) f
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import collections
 import hashlib
@@ -14,6 +15,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +25,7 @@ from aiohttp import web
 from gateway.log import REDACTED, configure_logging, redact, scrub
 from gateway.login import Grant
 from gateway.secret import MASK, Secret
-from gateway.simulator import Fault
+from gateway.simulator import Fault, LoginFault
 from gateway.tokens import Account
 
 from . import rawhttp
@@ -235,7 +237,9 @@ class Answers:
         return "\n".join(self.seen)
 
 
-async def test_no_secret_reaches_a_log_line_or_an_answer(make_rig: MakeRig, logs: Logs) -> None:
+async def test_no_secret_reaches_a_log_line_or_an_answer(
+    make_rig: MakeRig, logs: Logs, tmp_path: Path
+) -> None:
     """Drive every path with the log at DEBUG (the ``logs`` fixture), then search the whole log
     and every answer for every secret."""
     answers = Answers()
@@ -283,12 +287,33 @@ async def test_no_secret_reaches_a_log_line_or_an_answer(make_rig: MakeRig, logs
     assert await call(refused, "GET", "/v1/settings/application") == 503
     change = await make_rig(password_change_required=True)
     assert await call(change, "GET", "/v1/settings/application") == 503
-    await until(lambda: len(logs.named("request.completed")) == 13)
+    # Rotations: one the Webapp asks for, then one whose answer is lost, finished by a login.
+    password_file = tmp_path / "password"
+    password_file.write_text(PASSWORD)
+    password_file.chmod(0o600)
+    rotating = await make_rig(
+        password_change_required=True,
+        password_change_revokes=True,
+        env={
+            "WA_PASSWORD": None,
+            "WA_PASSWORD_FILE": str(password_file),
+            "WA_PASSWORD_ROTATE_EVERY": "30d",
+        },
+    )
+    assert await call(rotating, "GET", "/v1/settings/application") == 200
+    passwords = [rotating.sim.password]
+    rotating.sim.login_script.append(LoginFault("lose_answer"))
+    await rotating.gateway.pool.rotate(rotating.gateway.webapp.account)
+    passwords.append(rotating.sim.password)
+    await asyncio.sleep(0.3)  # past the failed rotation's backoff (TEST_ENV caps it at 0.2 s)
+    assert await call(rotating, "GET", "/v1/settings/application") == 200
+    await until(lambda: len(logs.named("request.completed")) == 15)
 
     # Every path above was taken, and logged.
     events = logs.events  # every line is one JSON object
     names = {e["event"] for e in events}
     assert {"token.login_crashed", "request.crashed", "request.replay", "token.login"} <= names
+    assert {"password.rotated", "password.recovered"} <= names
     kinds = {e["kind"] for e in logs.named("token.login_failed")}
     assert {"error", "bad_credentials", "password_change_required"} <= kinds
     for crashed in ("token.login_crashed", "request.crashed"):
@@ -301,6 +326,8 @@ async def test_no_secret_reaches_a_log_line_or_an_answer(make_rig: MakeRig, logs
         *rig.secrets,
         *refused.secrets,
         *change.secrets,
+        *rotating.sim.issued_tokens,
+        *passwords,
         OTHER_PASSWORD,
         CLIENT_PASSWORD,
         CLIENT_BASIC,
