@@ -48,15 +48,25 @@ class ReplayableBody:
         memory_limit: int,
         spool_dir: Path | None,
         idle_timeout: float,
+        min_rate: float = 0.0,
     ) -> ReplayableBody:
         """Read the whole body from ``chunks``: :class:`BodyTooLarge` beyond ``max_size``,
-        :class:`RequestTimeout` when no chunk came for ``idle_timeout`` seconds."""
+        :class:`RequestTimeout` when no chunk came for ``idle_timeout`` seconds, or when the
+        body is slower than ``min_rate`` bytes per second on average after its first
+        ``idle_timeout`` seconds (each byte buys ``1 / min_rate`` s; 0: no rate is asked for).
+
+        The rate is what keeps a client that trickles a byte now and then, each in time, from
+        holding its admission slot for as long as the body is long (Apache's ``MinRate``).
+        """
         loop = asyncio.get_running_loop()
         held: list[bytes] = []
         held_size = size = 0
         file: BinaryIO | None = None
+        started = loop.time()
+        per_byte = 1 / min_rate if min_rate else 0.0
+        too_slow = False  # whether the deadline is the rate's rather than the pause's
         try:
-            async with asyncio.timeout_at(loop.time() + idle_timeout) as deadline:
+            async with asyncio.timeout_at(started + idle_timeout) as deadline:
                 async for chunk in chunks:
                     size += len(chunk)
                     if size > max_size:
@@ -68,13 +78,20 @@ class ReplayableBody:
                     if file is not None and held_size >= _IO_CHUNK:
                         await _on_disk(file.writelines, held)
                         held, held_size = [], 0
-                    deadline.reschedule(loop.time() + idle_timeout)
+                    idle_due = loop.time() + idle_timeout
+                    rate_due = started + idle_timeout + size * per_byte if per_byte else idle_due
+                    too_slow = rate_due < idle_due
+                    deadline.reschedule(min(idle_due, rate_due))
             if file is not None:
                 await _on_disk(_finish, file, held)
                 return cls(b"", file, size)
         except TimeoutError:
             if file is not None:
                 file.close()
+            if too_slow:
+                raise RequestTimeout(
+                    f"The request body arrived slower than {min_rate:g} bytes/s on average."
+                ) from None
             raise RequestTimeout(
                 f"The request body stalled: nothing arrived for {idle_timeout} s."
             ) from None

@@ -84,6 +84,7 @@ class ServerConfig:
     max_headers: int
     client_idle_timeout: float
     client_body_timeout: float
+    client_body_min_rate: int
     client_send_timeout: float
     shutdown_drain: float
     shutdown_grace: float
@@ -182,6 +183,7 @@ SETTINGS: tuple[Setting[object], ...] = (
     Setting("server", "max_headers", "GATEWAY_MAX_HEADERS", parse.count, 100),
     Setting("server", "client_idle_timeout", "GATEWAY_CLIENT_IDLE_TIMEOUT", parse.seconds, 30.0),
     Setting("server", "client_body_timeout", "GATEWAY_CLIENT_BODY_TIMEOUT", parse.seconds, 30.0),
+    Setting("server", "client_body_min_rate", "GATEWAY_CLIENT_BODY_MIN_RATE", parse.size, 1 << 10),
     Setting("server", "client_send_timeout", "GATEWAY_CLIENT_SEND_TIMEOUT", parse.seconds, 60.0),
     Setting("server", "shutdown_drain", "GATEWAY_SHUTDOWN_DRAIN", parse.seconds_or_zero, 0.0),
     Setting("server", "shutdown_grace", "GATEWAY_SHUTDOWN_GRACE", parse.seconds_or_zero, 30.0),

@@ -99,6 +99,7 @@ class Forwarder:
                 memory_limit=self.server.body_memory,
                 spool_dir=self.server.spool_dir,
                 idle_timeout=self.server.client_body_timeout,
+                min_rate=self.server.client_body_min_rate,
             )
         except HttpProcessingError:  # a broken chunked encoding, say
             raise BadFraming("The request body is not validly framed.") from None

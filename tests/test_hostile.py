@@ -685,6 +685,42 @@ async def test_a_body_sent_byte_by_byte_gets_408_and_is_never_forwarded(
     await assert_healthy(rig, logs)
 
 
+async def test_a_body_trickled_in_time_but_too_slowly_gets_408_and_is_never_forwarded(
+    make_rig: MakeRig, logs: Logs
+) -> None:
+    """Each byte comes well within the body timeout, so no pause is too long; but 10 bytes a
+    second is below the minimum rate of 100, so the body is cut off once its bytes have used up
+    the time they bought (the timeout plus 10 ms a byte), not when the last byte would come."""
+    rig = await make_rig(env={**LIMITS, "GATEWAY_CLIENT_BODY_MIN_RATE": "100"})
+    async with Connection(rig.client.port) as conn:
+        await conn.send(http(POST, b"Content-Length: 200"))
+        sent, received = await conn.trickle(b"x" * 200, pause=IDLE / 5)
+    assert sent < 50  # about 0.5 s + 10 ms a byte, at 10 bytes a second: the seventh byte or so
+    response = rawhttp.parse(received)
+    assert response.status == 408
+    assert "slower than 100 bytes/s" in str(error_of(response)["details"])
+    assert response.closes
+    assert forwarded(rig) == []
+    await assert_healthy(rig, logs)
+
+
+async def test_a_body_slower_than_its_timeout_but_above_the_rate_is_forwarded(
+    make_rig: MakeRig, logs: Logs
+) -> None:
+    """A 20 KiB upload that takes four times the body timeout, in 1 KiB pieces, each in time and
+    at 10 KiB/s, above the minimum rate: it reaches the Webapp whole."""
+    rig = await make_rig(env={**LIMITS, "GATEWAY_CLIENT_BODY_MIN_RATE": "1KiB"})
+    async with Connection(rig.client.port) as conn:
+        await conn.send(http(POST, b"Content-Length: 20480", b"Connection: close"))
+        for _ in range(20):
+            conn.writer.write(b"y" * 1024)
+            await asyncio.sleep(IDLE / 5)
+        response = await conn.response()
+    assert response.status == 201
+    assert [seen.body_size for seen in forwarded(rig)] == [20480]
+    await assert_healthy(rig, logs)
+
+
 async def test_a_body_that_never_starts_gets_408_and_is_never_forwarded(
     make_rig: MakeRig, logs: Logs
 ) -> None:
