@@ -276,6 +276,8 @@ def _rotation(webapp: Mapping[str, object]) -> Iterator[str]:
         return
     if path is None:
         yield f"{name}: needs WA_PASSWORD_FILE, where the gateway keeps each new password"
+    elif isinstance(path, Path) and path.is_symlink():
+        yield f"{name}: WA_PASSWORD_FILE is a symlink, which a new password would replace"
     elif isinstance(path, Path) and not PasswordFile(path).writable():
         yield (
             f"{name}: the directory of WA_PASSWORD_FILE ({path.parent}) is not writable, "

@@ -69,6 +69,11 @@ class InvalidLoginAnswer(LoginFailed):
     advice = "The gateway keeps retrying; check the Webapp's version and clock."
 
 
+class LoginRefused(InvalidLoginAnswer):
+    """The Webapp turned the login down with a 4xx other than 401 and 429 (a new password
+    against its rules, say): it answered, so it did not act on the login."""
+
+
 class TokenRejected(LoginFailed):
     """The login succeeded, but the Webapp refused the new token at once."""
 
@@ -99,6 +104,8 @@ def parse_login(status: int, date: str | None, body: bytes, local_now: float) ->
         raise BadCredentials(f"The Webapp refused the gateway's credentials ({status}).")
     if status == 429 or status >= 500:
         raise WebappUnavailable(f"The Webapp answered the login with {status}.")
+    if 400 <= status < 500:
+        raise LoginRefused(f"The Webapp answered the login with {status} (code {code}).")
     if not 200 <= status < 300:
         raise InvalidLoginAnswer(f"The Webapp answered the login with {status} (code {code}).")
     token, expires_after = _token_fields(document)

@@ -1,27 +1,33 @@
 """The Webapp password at rest: the password file, its lock, and new passwords for rotation.
 
 A rotation changes the password in two places, the Webapp and the file, which cannot change at
-one instant. :mod:`gateway.rotation` orders the steps so that every interruption can be finished
-later, using three files side by side:
+one instant. :mod:`gateway.rotation` orders the steps so that no interruption can lose the
+password, using three files side by side:
 
 - ``<file>``: the password in use, read at every login;
-- ``<file>.next``: a new password, written (0600, flushed to disk) *before* the Webapp hears of
-  it and renamed over ``<file>`` (atomically) only once the Webapp has accepted it, so a crash or a
-  lost answer in between leaves the new password where the next login finds it;
+- ``<file>.next``: a new password, complete on disk (written to a temporary name, flushed and
+  renamed, directory included) *before* the Webapp hears of it, and renamed over ``<file>`` only
+  once the Webapp has accepted it. It takes the owner, group and (at most owner and group) mode
+  of ``<file>``, so a rotation run by another user leaves a file the gateway can still read;
 - ``<file>.lock``: an exclusive ``flock`` held for a whole login, so that ``wa-gateway
-  rotate-password`` and a running gateway on the same host never interleave their steps. Where
-  the directory is read-only nobody can rotate, and logins go ahead without the lock.
+  rotate-password`` and a running gateway on the same host never interleave their steps. Only
+  where the directory cannot take new files (nobody can rotate there) do logins go without it;
+  any other failure to lock fails the login rather than risk an unguarded rotation.
+
+The methods block on the file system: :mod:`gateway.rotation` runs them in a worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import math
 import os
 import random
 import secrets
+import stat
 import string
 import time
 from collections.abc import AsyncIterator
@@ -50,17 +56,13 @@ def new_password(rng: random.Random | None = None, length: int = PASSWORD_LENGTH
     return Secret("".join(characters))
 
 
-class LockTimeout(Exception):
-    """Another process held the password file's lock for longer than a login may wait."""
+class LockUnavailable(Exception):
+    """The password file's lock could not be taken: held elsewhere too long, or unusable."""
 
 
 @dataclass(frozen=True)
 class PasswordFile:
-    """The password file named by ``WA_PASSWORD_FILE`` and its two companions.
-
-    The methods block on the file system (``fsync`` included): call them through
-    ``asyncio.to_thread``.
-    """
+    """The password file named by ``WA_PASSWORD_FILE`` and its two companions."""
 
     path: Path
 
@@ -79,62 +81,87 @@ class PasswordFile:
         return read_password_file(self.path)
 
     def read_next(self) -> Secret | None:
-        """The new password of a rotation that was not finished, if there is one to try."""
-        if not self.next_path.exists():
+        """The new password of a rotation not finished yet, if any (``Invalid`` if unreadable)."""
+        if not os.path.lexists(self.next_path):
             return None
         return read_password_file(self.next_path)
 
+    def next_age(self) -> float:
+        """Seconds since ``<file>.next`` was written; NaN without one."""
+        return _age(self.next_path)
+
+    def age(self) -> float:
+        """Seconds since the password file was last written; NaN when it cannot be seen."""
+        return _age(self.path)
+
     def write_next(self, password: Secret) -> None:
-        """Keep ``password`` in ``<file>.next``, readable by the owner only, flushed to disk."""
+        """Keep ``password`` in ``<file>.next``, complete and durable before this returns."""
+        current = self.path.stat()
+        temporary = self.path.with_name(self.path.name + ".next.tmp")
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-        fd = os.open(self.next_path, flags, 0o600)
+        fd = os.open(temporary, flags, 0o600)
         try:
-            os.fchmod(fd, 0o600)  # an older file of that name may have had another mode
+            os.fchown(fd, current.st_uid, current.st_gid)  # a no-op unless run as another user
+            os.fchmod(fd, stat.S_IMODE(current.st_mode) & 0o660 | 0o600)
             os.write(fd, (password.reveal() + "\n").encode())
             os.fsync(fd)
         finally:
             os.close(fd)
+        os.replace(temporary, self.next_path)
+        self._sync_directory()
 
-    def commit(self) -> None:
-        """Make the new password the one in use: rename it over the file, durably."""
-        os.replace(self.next_path, self.path)
+    def commit(self, password: Secret) -> None:
+        """Make ``password``, waiting in ``<file>.next``, the one in use: rename it, durably.
+
+        Another process that logged in with it may have renamed it first: that is success too.
+        """
+        try:
+            os.replace(self.next_path, self.path)
+        except FileNotFoundError:
+            if self.read() != password:
+                raise
         self._sync_directory()
 
     def discard_next(self) -> None:
-        """Forget a new password the Webapp never accepted."""
+        """Forget a new password the Webapp is known not to have taken."""
         self.next_path.unlink(missing_ok=True)
 
-    def age(self) -> float:
-        """Seconds since the password file was last written; NaN when it cannot be seen."""
-        try:
-            return time.time() - self.path.stat().st_mtime
-        except OSError:
-            return math.nan
-
     def writable(self) -> bool:
-        """Whether a rotation could keep a new password here (the directory takes new files)."""
-        return os.access(self.path.parent, os.W_OK | os.X_OK)
+        """Whether a rotation could keep a new password here: the directory takes new files, and
+        the password file is a regular file that a rename can replace (not a symlink)."""
+        return os.access(self.path.parent, os.W_OK | os.X_OK) and not self.path.is_symlink()
 
     @contextlib.asynccontextmanager
     async def locked(self, wait: float) -> AsyncIterator[None]:
-        """Hold the lock for the body; raise :class:`LockTimeout` after ``wait`` seconds.
+        """Hold the lock for the body; :class:`LockUnavailable` after ``wait`` seconds, or at
+        once when the lock file cannot be used where a rotation could happen.
 
         Polls a non-blocking ``flock``, so that the wait can be cancelled like any other.
         """
-        try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        except OSError:  # a read-only directory: no rotation can happen here to wait for
+        fd = self._open_lock()
+        if fd is None:
             yield
             return
         try:
             deadline = asyncio.get_running_loop().time() + wait
             while not _try_lock(fd):
                 if asyncio.get_running_loop().time() >= deadline:
-                    raise LockTimeout(f"{self.lock_path} stayed locked for {wait:g} s")
+                    raise LockUnavailable(f"{self.lock_path} stayed locked for {wait:g} s")
                 await asyncio.sleep(_LOCK_POLL)
             yield
         finally:
             os.close(fd)  # closing the descriptor releases the lock
+
+    def _open_lock(self) -> int | None:
+        try:
+            # Read-only is enough for flock, and lets a lock file made by another user serve.
+            return os.open(self.lock_path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            if exc.errno == errno.EROFS or not os.access(self.path.parent, os.W_OK):
+                return None  # nobody can write a new password here: no rotation to wait for
+            raise LockUnavailable(
+                f"{self.lock_path} cannot be opened ({exc.strerror or type(exc).__name__})"
+            ) from None
 
     def _sync_directory(self) -> None:
         fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
@@ -142,6 +169,13 @@ class PasswordFile:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return math.nan
 
 
 def _try_lock(fd: int) -> bool:

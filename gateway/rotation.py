@@ -3,17 +3,21 @@
 The Webapp changes a password as part of a login that carries ``{"new_password": ...}`` and still
 returns a token, so a rotation is a login like any other for the token pool. :func:`log_in` is
 the login the gateway makes whenever its password comes from ``WA_PASSWORD_FILE``; it sends
-nothing itself (``post`` does) and only decides, in this order, under the file's lock:
+nothing itself (``post`` does) and decides, under the file's lock, with one rule above all: a
+password that may have reached the Webapp is never destroyed.
 
-1. A ``<file>.next`` left by an unfinished rotation is settled first: the Webapp either accepted
-   it (a login with it works: it becomes the password in use) or refused it (a login with the
-   old password works: it is discarded). Either way nothing can overwrite it before then.
-2. A rotation writes the new password to ``<file>.next`` before sending it, and renames it over
-   the file only after the Webapp accepted it. A 401 means the old password was refused, so
-   nothing changed and the new one is dropped; any other failure (a lost answer, a timeout, a
-   5xx) may have changed it, so it is kept for step 1.
+1. A rotation writes the new password to ``<file>.next`` before sending it, and renames it over
+   the file once the Webapp accepted it. A 401 or another 4xx answer means the Webapp did not
+   act, and the new password is dropped; after anything else (a lost answer, a timeout, a 5xx,
+   a cancelled login) the Webapp may have taken it, so it stays.
+2. Every login tries a waiting ``<file>.next`` first, and finishes the rename when it works. A
+   refused one is kept for ``SETTLE_AFTER`` seconds, since a Webapp that was too slow to answer
+   may still act on it; only then, once the old password is seen to work, is it dropped. Until
+   then no new rotation starts, so nothing overwrites it.
 3. A login that the Webapp answers "password change required" (code 1024) rotates at once when
    rotation is on; otherwise the failure says how to do it.
+4. Steps on disk run to their end even when the login is cancelled, and the lock is held until
+   they have: a cancelled login can leave a new password waiting, never half a rename.
 
 :class:`Rotator` starts a rotation once the password file is older than
 ``WA_PASSWORD_ROTATE_EVERY``, measured by the file's modification time, so the schedule survives
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import random
 from collections.abc import Awaitable, Callable
@@ -33,9 +38,9 @@ import structlog
 
 from .config import TokenConfig
 from .log import log_crash
-from .login import BadCredentials, Grant, LoginFailed, PasswordChangeRequired
+from .login import BadCredentials, Grant, LoginFailed, LoginRefused, PasswordChangeRequired
 from .metrics import Metrics
-from .passwords import LockTimeout, PasswordFile, new_password
+from .passwords import LockUnavailable, PasswordFile, new_password
 from .secret import Secret
 from .tokens import Account, TokenPool, backoff_delay
 from .values import Invalid
@@ -44,7 +49,11 @@ log = structlog.get_logger("gateway.rotation")
 
 # Sends one login: (password, new password or None) -> the grant, or a LoginFailed.
 PostLogin = Callable[[Secret, Secret | None], Awaitable[Grant]]
-# The longest a Rotator sleeps before looking at the file again: someone else may rotate it.
+# How long a new password the Webapp refused is kept in case a late answer is still to come:
+# far beyond any login timeout, and short next to any sensible rotation interval.
+SETTLE_AFTER = 900.0
+# The longest a Rotator sleeps before looking at the file again (someone else may rotate it),
+# and the cap on its retries after failed rotations.
 RECHECK = 3600.0
 
 
@@ -54,55 +63,91 @@ async def log_in(
     """Log in with the password in ``file``; with ``rotate``, change it too (see the module)."""
     try:
         async with file.locked(lock_wait):
-            current = await _read(file)
-            pending = await _read_next(file)
-            stale = False
-            if pending is not None:
-                recovered = await _try(post, pending)
-                if recovered is not None:
-                    await _commit(file, "password.recovered")
-                    if not rotate:
-                        return recovered
-                    current = pending
-                else:
-                    stale = True
-            if rotate:
-                return await _rotate(file, post, current)
-            try:
-                grant = await post(current, None)
-            except PasswordChangeRequired:
-                if not rotate_if_required:
-                    raise
-                return await _rotate(file, post, current)
-            if stale:  # refused while the old password works: that rotation never happened
-                await asyncio.to_thread(file.discard_next)
-            return grant
-    except LockTimeout as exc:
-        raise LoginFailed(f"The password file's lock is held elsewhere: {exc}.") from None
+            return await _log_in(file, post, rotate=rotate, rotate_if_required=rotate_if_required)
+    except LockUnavailable as exc:
+        raise LoginFailed(f"The password file's lock is unavailable: {exc}.") from None
+
+
+async def _log_in(
+    file: PasswordFile, post: PostLogin, *, rotate: bool, rotate_if_required: bool
+) -> Grant:
+    current = await _read(file)
+    pending = await _read_next(file)
+    if pending is not None:
+        try:
+            grant = await post(pending, None)
+        except BadCredentials:
+            pass  # not taken, or not yet: the old password decides below
+        else:
+            committed = await _commit(file, pending, "password.recovered")
+            if not (rotate and committed):  # a rotation on top waits until this one is kept
+                return grant
+            current, pending = pending, None
+    if rotate:
+        await _settled(file, pending)
+        return await _rotate(file, post, current)
+    try:
+        grant = await post(current, None)
+    except PasswordChangeRequired:
+        if not rotate_if_required:
+            raise
+        await _settled(file, pending)
+        return await _rotate(file, post, current)
+    if pending is not None and not file.next_age() < SETTLE_AFTER:
+        await _discard(file)  # refused long enough while the old password works: never taken
+    return grant
 
 
 async def _rotate(file: PasswordFile, post: PostLogin, current: Secret) -> Grant:
     password = new_password()
-    await _io(file.write_next, password)
+    try:
+        await _on_disk(file.write_next, password)
+    except OSError as exc:
+        raise LoginFailed(
+            f"The new password could not be written to {file.next_path} ({_reason(exc)}); "
+            "nothing was sent."
+        ) from None
     try:
         grant = await post(current, password)
-    except BadCredentials:  # the old password was refused: nothing changed at the Webapp
-        await asyncio.to_thread(file.discard_next)
+    except (BadCredentials, LoginRefused):  # the Webapp answered no: it did not act
+        await _discard(file)
         raise
-    await _commit(file, "password.rotated")
+    await _commit(file, password, "password.rotated")
     return grant
 
 
-async def _try(post: PostLogin, password: Secret) -> Grant | None:
+async def _settled(file: PasswordFile, refused: Secret | None) -> None:
+    """Refuse to start a rotation while a refused new password may still be taken late."""
+    age = file.next_age()
+    if refused is not None and age < SETTLE_AFTER:
+        raise LoginFailed(
+            f"An earlier rotation's outcome is not known yet ({file.next_path} is kept); "
+            f"the next one can start in {math.ceil(SETTLE_AFTER - age)} s."
+        )
+
+
+async def _commit(file: PasswordFile, password: Secret, event: str) -> bool:
+    """Rename the accepted new password over the file; False (logged) if that failed, in
+    which case it stays in ``<file>.next``, where every login tries it first."""
+    problem = None
     try:
-        return await post(password, None)
-    except BadCredentials:
-        return None
-
-
-async def _commit(file: PasswordFile, event: str) -> None:
-    await _io(file.commit)
+        await _on_disk(file.commit, password)
+    except (OSError, Invalid) as exc:
+        problem = _reason(exc)
+    if problem is not None:
+        log.error("password.commit_failed", password_file=str(file.path), problem=problem)
+        return False
     log.warning(event, password_file=str(file.path))
+    return True
+
+
+async def _discard(file: PasswordFile) -> None:
+    try:
+        await _on_disk(file.discard_next)
+    except OSError as exc:  # a read-only directory, say: it is tried and refused again later
+        log.warning(
+            "password.discard_failed", password_file=str(file.next_path), problem=_reason(exc)
+        )
 
 
 async def _read(file: PasswordFile) -> Secret:
@@ -116,19 +161,30 @@ async def _read_next(file: PasswordFile) -> Secret | None:
     try:
         return await asyncio.to_thread(file.read_next)
     except Invalid as exc:
-        log.warning("password.next_unreadable", password_file=str(file.next_path), problem=str(exc))
-        return None
-
-
-async def _io(step: Callable[..., None], *args: object) -> None:
-    """Run a blocking step on the password files; a failure is a failed login, kind ``error``."""
-    try:
-        await asyncio.to_thread(step, *args)
-    except OSError as exc:
+        # It may hold the Webapp's password: neither ignore it nor write over it.
         raise LoginFailed(
-            f"The password file could not be updated ({exc.strerror or type(exc).__name__}); "
-            "an unfinished rotation is finished at the next login."
+            f"{file.next_path} {exc}; it may hold the Webapp's password, so the gateway "
+            "neither uses nor replaces it until it is readable (or removed by hand)."
         ) from None
+
+
+async def _on_disk(step: Callable[..., None], *args: object) -> None:
+    """Run a blocking step on the password files to its end, even if the caller is cancelled
+    meanwhile (a thread cannot be stopped, and the lock must outlast it)."""
+    done = asyncio.ensure_future(asyncio.to_thread(step, *args))
+    try:
+        await asyncio.shield(done)
+    except asyncio.CancelledError:
+        await asyncio.wait([done])
+        if not done.cancelled():
+            done.exception()  # retrieved: the cancellation is what the caller hears of
+        raise
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return str(exc)
 
 
 @dataclass(eq=False)
@@ -143,6 +199,14 @@ class Rotator:
     metrics: Metrics
     rng: random.Random = field(default_factory=random.Random)
     _task: asyncio.Task[None] | None = field(default=None, init=False)
+    # A failed rotation is not urgent (the old password still works): retries start where
+    # failed logins' stop, and double up to RECHECK.
+    _retry: TokenConfig = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._retry = dataclasses.replace(
+            self.config, backoff_initial=self.config.backoff_max, backoff_max=RECHECK
+        )
 
     def start(self) -> None:
         """Start the schedule in the background."""
@@ -156,13 +220,18 @@ class Rotator:
                 await self._task
 
     def due_in(self) -> float:
-        """Seconds until the next rotation is due (0 or less: now). Blocks on a ``stat``."""
+        """Seconds until the next rotation is due (0 or less: now). Blocks on ``stat``."""
         age = self.file.age()
-        # A file that cannot be seen: the rotation's login will say what is wrong with it.
-        return 0.0 if math.isnan(age) else self.every - age
+        if math.isnan(age):
+            return 0.0  # a file that cannot be seen: the rotation's login says what is wrong
+        waiting = self.file.next_age()  # an unsettled new password: no rotation before it is
+        settles_in = 0.0 if math.isnan(waiting) else SETTLE_AFTER - waiting
+        return max(self.every - age, settles_in)
 
     async def run(self) -> None:
-        """Rotate whenever due, forever; after a failure, back off like a failed login."""
+        """Rotate whenever due, forever. After a success, wait a whole interval whatever the
+        file's clock says; after a failure, back off from GATEWAY_LOGIN_BACKOFF_MAX up to
+        RECHECK."""
         failures = 0
         while True:
             due_in = await asyncio.to_thread(self.due_in)
@@ -177,9 +246,10 @@ class Rotator:
             if isinstance(outcome, LoginFailed):
                 failures += 1
                 self.metrics.rotations.labels(outcome.kind).inc()
-                delay = backoff_delay(failures, self.config, self.rng)
+                delay = backoff_delay(failures, self._retry, self.rng)
                 log.warning("password.rotation_failed", kind=outcome.kind, retry_in_s=round(delay))
-                await asyncio.sleep(delay)
             else:
                 failures = 0
                 self.metrics.rotations.labels("ok").inc()
+                delay = self.every
+            await asyncio.sleep(delay)

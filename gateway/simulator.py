@@ -35,7 +35,7 @@ import string
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncGenerator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -71,6 +71,7 @@ LoginFaultKind = Literal[
     "hang",
     "no_date",
     "lose_answer",
+    "late",
 ]
 FaultKind = Literal[
     "status", "reset_before", "reset_after", "cut_body", "stall", "trickle", "delay"
@@ -156,11 +157,14 @@ class LoginFault:
     ``lose_answer`` processes the login completely (credentials checked, ``new_password``
     applied, token issued and valid) and then hangs up instead of answering, as ``reset`` does:
     a password change whose answer never reaches the client. A login that fails is hung up on
-    too, and changes nothing.
+    too, and changes nothing. ``late`` waits ``delay`` seconds, whether or not the client is
+    still there, and then processes the login normally: a Webapp too busy to answer in time
+    that still acts on a login its client gave up on.
     """
 
     kind: LoginFaultKind
     status: int = 500
+    delay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in get_args(LoginFaultKind):
@@ -336,6 +340,17 @@ async def _body_chunks(request: web.Request) -> AsyncGenerator[bytes, None]:
         yield chunk
 
 
+def _forget_late(
+    tasks: set[asyncio.Task[web.StreamResponse]],
+) -> Callable[[asyncio.Task[web.StreamResponse]], None]:
+    def forget(task: asyncio.Task[web.StreamResponse]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # an error answer nobody waited for any more is no error here
+
+    return forget
+
+
 async def _read_json(request: web.Request) -> dict[str, object]:
     """Read a small JSON object body; an empty body is an empty object."""
     body = bytearray()
@@ -415,6 +430,7 @@ class Simulator:
         self._unauthorized = 0
         self._in_flight = 0
         self._closing = asyncio.Event()
+        self._late: set[asyncio.Task[web.StreamResponse]] = set()  # "late" logins under way
         self._app: web.Application | None = None
 
     # --- state ---------------------------------------------------------------------------
@@ -550,6 +566,7 @@ class Simulator:
         self._closing.set()
 
     async def _on_cleanup(self, _app: web.Application) -> None:
+        await asyncio.gather(*self._late, return_exceptions=True)  # they saw _closing: quick
         await asyncio.to_thread(self.close)
 
     async def _date_header(self, _request: web.Request, response: web.StreamResponse) -> None:
@@ -726,6 +743,8 @@ class Simulator:
             return await self._accept_login(request, None)
         if fault.kind in _LOGIN_FAILURES:
             return await self._failed_login(request, fault)
+        if fault.kind == "late":
+            return await self._late_login(request, fault.delay)
         if fault.kind == "lose_answer":
             # Everything a normal login does happens (or, if it fails, nothing does); only
             # the answer, success or error, never leaves.
@@ -734,12 +753,37 @@ class Simulator:
             return _hang_up(request)
         return await self._accept_login(request, fault.kind)
 
-    async def _accept_login(
-        self, request: web.Request, shape: LoginFaultKind | None
+    async def _late_login(self, request: web.Request, delay: float) -> web.StreamResponse:
+        """Process the login after ``delay`` seconds whether or not the client still waits
+        (only the simulator's shutdown cuts the wait short, and then nothing happens)."""
+        body = await _read_json(request)  # it came with the request, before the client left
+        # In a task of its own: a server that cancels handlers whose client hung up (aiohttp's
+        # test servers do) must not cancel what the Webapp has set out to do.
+        task = asyncio.ensure_future(self._act_late(request, body, delay))
+        self._late.add(task)
+        task.add_done_callback(_forget_late(self._late))
+        return await asyncio.shield(task)
+
+    async def _act_late(
+        self, request: web.Request, body: dict[str, object], delay: float
     ) -> web.StreamResponse:
-        """Check the credentials, apply ``new_password`` and issue a token shaped by ``shape``."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), delay)
+        if self._closing.is_set():
+            return _hang_up(request)
+        return await self._accept_login(request, None, body)
+
+    async def _accept_login(
+        self,
+        request: web.Request,
+        shape: LoginFaultKind | None,
+        body: dict[str, object] | None = None,
+    ) -> web.StreamResponse:
+        """Check the credentials, apply ``new_password`` and issue a token shaped by ``shape``
+        (``body``: the request's, when it was read already)."""
         user = self._check_basic(request)
-        body = await _read_json(request)
+        if body is None:
+            body = await _read_json(request)
         new_password = body.get("new_password")
         if new_password is None:
             if user == self.username and self.password_change_required:

@@ -341,27 +341,31 @@ class TokenPool:
 
     async def _obtain(self, slot: _Slot, reason: str) -> Token | LoginFailed:
         sent_at = self.clock.monotonic()
+        failure: LoginFailed
         try:
             async with asyncio.timeout(self.config.login_timeout):
                 login = self.rotate_fn if reason == "rotate" and self.rotate_fn else self.login_fn
                 grant = await login(slot.account)
         except LoginFailed as exc:
-            return self._failed(slot, exc, sent_at)
+            failure = exc
         except TimeoutError:
-            failure: LoginFailed = WebappUnavailable(
+            failure = WebappUnavailable(
                 f"The login took longer than {self.config.login_timeout} s."
             )
-            return self._failed(slot, failure, sent_at)
         except Exception as exc:  # a bug must not leave the pool without a retry schedule
             log_crash("token.login_crashed", exc)
-            return self._failed(
-                slot, LoginFailed(f"The login crashed: {type(exc).__name__}."), sent_at
-            )
-        if sent_at + grant.lifetime <= self.clock.monotonic():  # the login took longer than it
-            failure = InvalidLoginAnswer(
+            failure = LoginFailed(f"The login crashed: {type(exc).__name__}.")
+        else:
+            if sent_at + grant.lifetime > self.clock.monotonic():
+                return self._granted(slot, grant, sent_at, reason)
+            failure = InvalidLoginAnswer(  # the login took longer than the token lives
                 f"The token expired before the login ended ({grant.lifetime:.1f} s lifetime)."
             )
-            return self._failed(slot, failure, sent_at)
+        # A failed rotation leaves the pooled token serving, and is the Rotator's to retry: it
+        # must not hold back the logins that requests may need meanwhile.
+        return self._failed(slot, failure, sent_at, counts=reason != "rotate")
+
+    def _granted(self, slot: _Slot, grant: Grant, sent_at: float, reason: str) -> Token:
         slot.generation += 1
         token = Token(
             value=grant.token,
@@ -404,12 +408,17 @@ class TokenPool:
         self.report(slot.account, token, accepted=accepted)
         return None if accepted else slot.last_failure
 
-    def _failed(self, slot: _Slot, failure: LoginFailed, sent_at: float) -> LoginFailed:
-        slot.failures += 1
-        slot.last_failure = failure
-        delay = backoff_delay(slot.failures, self.config, self.rng)
-        slot.retry_at = self.clock.monotonic() + delay
-        self._wake.set()  # the background task retries at the new time
+    def _failed(
+        self, slot: _Slot, failure: LoginFailed, sent_at: float, *, counts: bool = True
+    ) -> LoginFailed:
+        """Record a failed login; unless it ``counts`` not, it arms the backoff and the breaker."""
+        delay = 0.0
+        if counts:
+            slot.failures += 1
+            slot.last_failure = failure
+            delay = backoff_delay(slot.failures, self.config, self.rng)
+            slot.retry_at = self.clock.monotonic() + delay
+            self._wake.set()  # the background task retries at the new time
         self.metrics.logins.labels(failure.kind).inc()
         log.warning(
             "token.login_failed",

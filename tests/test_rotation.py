@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import os
 import random
 import stat
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,13 +22,15 @@ from gateway.config import ConfigError, load_config
 from gateway.login import (
     BadCredentials,
     Grant,
+    InvalidLoginAnswer,
     LoginFailed,
+    LoginRefused,
     PasswordChangeRequired,
     WebappUnavailable,
 )
 from gateway.metrics import Metrics
 from gateway.passwords import CHARACTER_CLASSES, PasswordFile, new_password
-from gateway.rotation import Rotator, log_in
+from gateway.rotation import SETTLE_AFTER, Rotator, _on_disk, log_in
 from gateway.secret import Secret
 from gateway.simulator import LoginFault, Simulator, _password_problem
 from gateway.tokens import Account, TokenPool
@@ -87,6 +92,14 @@ class FakeWebapp:
         return Grant(Secret(f"token-{len(self.attempts)}"), 3600.0)
 
 
+@dataclass(frozen=True)
+class StuckFile(PasswordFile):
+    """A password file whose rename fails, as on a file bind-mounted by itself (EBUSY)."""
+
+    def commit(self, password: Secret) -> None:
+        raise OSError(errno.EBUSY, "Device or resource busy")
+
+
 @pytest.fixture
 def file(tmp_path: Path) -> PasswordFile:
     path = tmp_path / "password"
@@ -137,15 +150,74 @@ async def test_a_rotation_whose_answer_is_lost_is_finished_by_the_next_login(
     assert webapp.attempts[-1] == (webapp.password, None)  # the waiting password, tried first
 
 
-async def test_a_new_password_the_webapp_never_took_is_discarded_once_the_old_one_works(
+def age(path: Path, seconds: float) -> None:
+    """Make ``path`` look ``seconds`` old."""
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+async def test_a_refused_new_password_is_kept_while_a_late_answer_may_still_come(
+    file: PasswordFile,
+) -> None:
+    webapp = FakeWebapp(OLD)
+    file.write_next(Secret("Not-yet-applied-2@"))
+    await login(file, webapp)
+    assert webapp.attempts == [("Not-yet-applied-2@", None), (OLD, None)]
+    assert file.next_path.exists()  # a slow Webapp may still act on it
+    webapp.password = "Not-yet-applied-2@"  # ... as it does now
+    await login(file, webapp)
+    assert file.read().reveal() == "Not-yet-applied-2@"
+    assert not file.next_path.exists()
+
+
+async def test_a_refused_new_password_is_dropped_once_settled_and_the_old_one_works(
     file: PasswordFile,
 ) -> None:
     webapp = FakeWebapp(OLD)
     file.write_next(Secret("Never-applied-2@"))
+    age(file.next_path, SETTLE_AFTER + 1)
     await login(file, webapp)
     assert webapp.attempts == [("Never-applied-2@", None), (OLD, None)]
     assert file.read().reveal() == OLD
     assert not file.next_path.exists()
+
+
+async def test_no_rotation_starts_while_an_earlier_ones_outcome_is_unknown(
+    file: PasswordFile,
+) -> None:
+    webapp = FakeWebapp(OLD)
+    file.write_next(Secret("Maybe-applied-2@"))
+    with pytest.raises(LoginFailed, match="not known yet"):
+        await login(file, webapp, rotate=True)
+    assert file.next_path.read_text() == "Maybe-applied-2@\n"  # not overwritten
+    assert webapp.changes == 0
+    age(file.next_path, SETTLE_AFTER + 1)
+    await login(file, webapp, rotate=True)
+    assert webapp.changes == 1
+    assert file.read().reveal() == webapp.password
+
+
+@pytest.mark.parametrize(
+    ("failure", "kept"),
+    [
+        (BadCredentials("401"), False),
+        (LoginRefused("400: against the password rules"), False),
+        (WebappUnavailable("503"), True),
+        (WebappUnavailable("the answer was lost"), True),
+        (InvalidLoginAnswer("200 without a token"), True),
+    ],
+    ids=["401", "400", "503", "lost", "unreadable-200"],
+)
+async def test_a_failed_rotation_keeps_its_new_password_unless_the_webapp_said_no(
+    file: PasswordFile, failure: LoginFailed, kept: bool
+) -> None:
+    async def post(_password: Secret, _new: Secret | None) -> Grant:
+        raise failure
+
+    with pytest.raises(type(failure)):
+        await log_in(file, post, rotate=True, rotate_if_required=True, lock_wait=1.0)
+    assert file.next_path.exists() == kept
+    assert file.read().reveal() == OLD
 
 
 async def test_a_rotation_settles_an_unfinished_one_before_it_writes_its_own(
@@ -207,23 +279,76 @@ async def test_a_login_gives_up_on_a_lock_held_elsewhere(file: PasswordFile) -> 
     assert webapp.attempts == [(OLD, None)]
 
 
-async def test_a_lock_file_that_cannot_be_opened_does_not_stop_logins(
+async def test_a_lock_file_that_cannot_be_used_fails_the_login_where_rotations_can_happen(
     file: PasswordFile,
 ) -> None:
-    # As in a read-only directory, where no rotation can happen that a login would wait for.
-    file.lock_path.mkdir()
+    # An unguarded login could interleave with a rotation: better no login than a lost password.
+    file.lock_path.symlink_to(file.path)
     webapp = FakeWebapp(OLD)
-    await login(file, webapp)
-    assert webapp.attempts == [(OLD, None)]
+    with pytest.raises(LoginFailed, match="lock is unavailable"):
+        await login(file, webapp)
+    assert webapp.attempts == []
 
 
-async def test_a_new_password_that_cannot_be_kept_is_never_sent(file: PasswordFile) -> None:
-    file.next_path.mkdir()  # neither readable as a password nor writable as one
+async def test_a_new_password_that_cannot_be_written_is_never_sent(file: PasswordFile) -> None:
+    file.path.with_name(file.path.name + ".next.tmp").mkdir()
     webapp = FakeWebapp(OLD)
-    with pytest.raises(LoginFailed, match="could not be updated"):
+    with pytest.raises(LoginFailed, match="nothing was sent"):
         await login(file, webapp, rotate=True)
     assert webapp.attempts == []
     assert file.read().reveal() == OLD
+
+
+async def test_an_unreadable_new_password_is_neither_used_nor_overwritten(
+    file: PasswordFile,
+) -> None:
+    file.next_path.mkdir()
+    webapp = FakeWebapp(OLD)
+    for rotate in (False, True):
+        with pytest.raises(LoginFailed, match="may hold the Webapp's password"):
+            await login(file, webapp, rotate=rotate)
+    assert webapp.attempts == []
+    assert file.next_path.is_dir()
+
+
+async def test_an_accepted_password_that_cannot_be_renamed_is_still_used(
+    file: PasswordFile, logs: Logs
+) -> None:
+    stuck = StuckFile(file.path)
+    webapp = FakeWebapp(OLD)
+    grant = await login(stuck, webapp, rotate=True)  # the Webapp took it: the login succeeded
+    assert grant.token.reveal().startswith("token-")
+    assert file.next_path.read_text().rstrip("\n") == webapp.password
+    assert logs.named("password.commit_failed")
+    await login(stuck, webapp)  # it is tried first from now on, and works
+    assert webapp.attempts[-1] == (webapp.password, None)
+    await login(file, webapp)  # once the rename works, it is finished
+    assert file.read().reveal() == webapp.password
+    assert not file.next_path.exists()
+
+
+async def test_a_new_password_takes_the_owner_and_group_mode_of_the_file(
+    file: PasswordFile,
+) -> None:
+    file.path.chmod(0o644)  # the world's read bit is not carried over
+    await login(file, FakeWebapp(OLD), rotate=True)
+    assert stat.S_IMODE(file.path.stat().st_mode) == 0o640
+    assert file.path.stat().st_uid == os.getuid()
+
+
+async def test_a_step_on_disk_finishes_even_when_its_login_is_cancelled() -> None:
+    finished = threading.Event()
+
+    def slow_step() -> None:
+        time.sleep(0.2)
+        finished.set()
+
+    task = asyncio.ensure_future(_on_disk(slow_step))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert finished.is_set()  # the caller heard of the cancellation only after the step ended
 
 
 async def test_the_schedule_survives_a_rotation_that_crashes(
@@ -277,6 +402,18 @@ def test_rotation_needs_a_password_file(tmp_path: Path) -> None:
     assert caught.value.problems == [
         "WA_PASSWORD_ROTATE_EVERY (webapp.password_rotate_every): needs WA_PASSWORD_FILE, "
         "where the gateway keeps each new password"
+    ]
+
+
+def test_rotation_refuses_a_password_file_that_is_a_symlink(tmp_path: Path) -> None:
+    env = config_env(tmp_path, WA_PASSWORD_ROTATE_EVERY="30d")
+    link = tmp_path / "link"
+    link.symlink_to(env["WA_PASSWORD_FILE"])
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, {**env, "WA_PASSWORD_FILE": str(link)})
+    assert caught.value.problems == [
+        "WA_PASSWORD_ROTATE_EVERY (webapp.password_rotate_every): WA_PASSWORD_FILE is a "
+        "symlink, which a new password would replace"
     ]
 
 
@@ -372,22 +509,35 @@ async def test_the_schedule_rotates_a_password_file_older_than_the_interval(
     assert_no_password_leaked(rig, OLD, rig.sim.password)
 
 
-async def test_a_scheduled_rotation_that_fails_is_tried_again_after_a_backoff(
+async def test_a_scheduled_rotation_the_webapp_refuses_is_tried_again_after_a_backoff(
     make_rig: MakeRig, password_path: Path
 ) -> None:
     past = time.time() - 2 * 3600
     os.utime(password_path, (past, past))
-    # The first login succeeds (without a Date header); the rotation meets a 503.
+    # The first login succeeds (without a Date header); the rotation meets a 400.
     sim = Simulator(password=OLD, password_change_required=False, api_key=API_KEY)
-    sim.login_script.extend([LoginFault("no_date"), LoginFault("status", 503)])
+    sim.login_script.extend([LoginFault("no_date"), LoginFault("status", 400)])
     rig = await rotating_rig(make_rig, password_path, "1h", sim=sim)
     await until(lambda: rig.sim.password_changes == 1)
     await until(lambda: stored(password_path) == rig.sim.password)
     async with rig.client.get("/_gateway/metrics") as response:
         text = await response.text()
-    assert 'wa_gateway_password_rotations_total{result="webapp_unavailable"} 1.0' in text
+    assert 'wa_gateway_password_rotations_total{result="invalid_answer"} 1.0' in text
     assert 'wa_gateway_password_rotations_total{result="ok"} 1.0' in text
     assert await send_messages(rig, 5) == [201] * 5
+
+
+async def test_the_schedule_waits_a_whole_interval_after_a_rotation_whatever_the_file_says(
+    make_rig: MakeRig, password_path: Path
+) -> None:
+    """A file system whose clock lags (or lies) must not turn the schedule into a loop."""
+    age(password_path, 2 * 3600)
+    rig = await rotating_rig(make_rig, password_path, "1h")
+    await until(lambda: rig.sim.password_changes == 1)
+    await until(lambda: stored(password_path) == rig.sim.password)
+    age(password_path, 2 * 3600)  # the rotated file looks old at once
+    await asyncio.sleep(0.5)
+    assert rig.sim.password_changes == 1
 
 
 async def test_a_fresh_password_file_is_not_rotated(make_rig: MakeRig, password_path: Path) -> None:
@@ -403,10 +553,11 @@ async def test_requests_flow_while_the_gateway_rotates(
 ) -> None:
     rig = await rotating_rig(make_rig, password_path, password_change_revokes=revokes)
     await until(lambda: rig.sim.logins == 1)
-    rig.sim.login_delay = 0.3  # the rotation is under way while the requests arrive
+    rig.sim.login_delay = 2.0  # the rotation is under way while the requests arrive
     account = rig.gateway.webapp.account
     rotation = asyncio.ensure_future(rig.gateway.pool.rotate(account))
     statuses = await send_messages(rig, 200)
+    assert not rotation.done()  # all 200 were served while the rotation was in flight
     await rotation
     statuses += await send_messages(rig, 50)
     assert statuses == [201] * 250
@@ -449,7 +600,6 @@ async def test_a_rotation_whose_answer_was_lost_is_finished_and_serving_never_st
     new = rig.sim.password
     assert new != OLD
     assert stored(password_path) == OLD
-    await asyncio.sleep(0.3)  # past the failed login's backoff (TEST_ENV caps it at 0.2 s)
     # The old token was revoked with the change: the next request's 401 makes the pool log in,
     # which tries the waiting password first, finishes the rotation, and the request is replayed.
     assert await send_messages(rig, 10) == [201] * 10
@@ -457,6 +607,45 @@ async def test_a_rotation_whose_answer_was_lost_is_finished_and_serving_never_st
     assert not PasswordFile(password_path).next_path.exists()
     assert rig.logs.named("password.recovered")
     assert_no_password_leaked(rig, OLD, new)
+
+
+async def test_a_webapp_that_takes_the_new_password_after_the_gateway_gave_up_keeps_it_safe(
+    make_rig: MakeRig, password_path: Path
+) -> None:
+    """The rotating login times out, the Webapp acts on it a second later: the next login,
+    before that, finds the old password working and must still keep the new one; the login
+    after it finds the new one working and finishes the rotation. At no point does the Webapp
+    hold a password that neither file holds."""
+    rig = await make_rig(
+        password=OLD,
+        env={
+            "WA_PASSWORD": None,
+            "WA_PASSWORD_FILE": str(password_path),
+            "WA_PASSWORD_ROTATE_EVERY": "30d",
+            "GATEWAY_LOGIN_TIMEOUT": "0.5",
+        },
+    )
+    pending = PasswordFile(password_path).next_path
+
+    def known() -> bool:
+        held = {stored(password_path), *([stored(pending)] if pending.exists() else [])}
+        return rig.sim.password in held
+
+    await until(lambda: rig.sim.logins == 1)
+    rig.sim.login_script.append(LoginFault("late", delay=1.0))
+    outcome = await rig.gateway.pool.rotate(rig.gateway.webapp.account)
+    assert isinstance(outcome, WebappUnavailable)  # timed out
+    assert rig.sim.password == OLD
+    rig.sim.revoke_all()  # a login now, before the Webapp acts
+    assert await send_messages(rig, 5) == [201] * 5
+    assert known()
+    assert pending.exists()
+    await until(lambda: rig.sim.password != OLD)  # the Webapp acts, the gateway is long gone
+    assert known()
+    rig.sim.revoke_all()  # the next login takes the new password from <file>.next
+    assert await send_messages(rig, 5) == [201] * 5
+    assert stored(password_path) == rig.sim.password
+    assert not pending.exists()
 
 
 # --- wa-gateway rotate-password -------------------------------------------------------------------

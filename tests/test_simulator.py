@@ -990,6 +990,24 @@ async def test_login_fault_lose_answer_changes_the_password_and_hangs_up(
     await login(served, STRONG)  # the script is used up: the next login is normal
 
 
+async def test_login_fault_late_acts_after_the_client_gave_up(
+    sim: Simulator, served: aiohttp.ClientSession
+) -> None:
+    await login(served)
+    sim.login_script.append(LoginFault("late", delay=0.3))
+    with pytest.raises(TimeoutError):
+        await served.post(
+            "/v1/users/login",
+            headers={"Authorization": basic()},
+            json={"new_password": STRONG},
+            timeout=aiohttp.ClientTimeout(total=0.1),
+        )
+    assert sim.password == DEFAULT_PASSWORD  # not yet: the Webapp is still busy
+    await eventually(lambda: sim.password == STRONG)  # and then it acts, though nobody waits
+    assert sim.password_changes == 1
+    assert await valid(served, sim.issued_tokens[-1])
+
+
 @pytest.mark.parametrize(
     ("password", "new_password"),
     [("wrong", STRONG), (DEFAULT_PASSWORD, "weak")],
