@@ -94,6 +94,21 @@ async def eventually(condition: Callable[[], bool]) -> None:
     raise AssertionError("not within two seconds")
 
 
+async def change_password(
+    client: aiohttp.ClientSession | Client,
+    password: str = DEFAULT_PASSWORD,
+    new_password: str = STRONG,
+    limit: aiohttp.ClientTimeout = SHORT,
+) -> aiohttp.ClientResponse:
+    """A login of ``admin`` that sets ``new_password``, given up after ``limit``."""
+    return await client.post(
+        "/v1/users/login",
+        headers={"Authorization": basic("admin", password)},
+        json={"new_password": new_password},
+        timeout=limit,
+    )
+
+
 async def settled(sim: Simulator) -> None:
     """Wait until the simulator has finished every request, held ones included."""
     await eventually(lambda: sim.in_flight == 0)
@@ -972,12 +987,7 @@ async def test_login_fault_lose_answer_changes_the_password_and_hangs_up(
     earlier = await login(served)
     sim.login_script.append(LoginFault("lose_answer"))
     with pytest.raises(aiohttp.ServerDisconnectedError):
-        await served.post(
-            "/v1/users/login",
-            headers={"Authorization": basic()},
-            json={"new_password": STRONG},
-            timeout=SHORT,
-        )
+        await change_password(served)
     await settled(sim)
     assert (sim.password, sim.password_changes, sim.password_change_required) == (STRONG, 1, False)
     assert (sim.login_attempts, sim.logins, sim.login_script) == (2, 2, collections.deque())
@@ -996,12 +1006,7 @@ async def test_login_fault_late_acts_after_the_client_gave_up(
     await login(served)
     sim.login_script.append(LoginFault("late", delay=0.3))
     with pytest.raises(TimeoutError):
-        await served.post(
-            "/v1/users/login",
-            headers={"Authorization": basic()},
-            json={"new_password": STRONG},
-            timeout=aiohttp.ClientTimeout(total=0.1),
-        )
+        await change_password(served, limit=aiohttp.ClientTimeout(total=0.1))
     assert sim.password == DEFAULT_PASSWORD  # not yet: the Webapp is still busy
     await eventually(lambda: sim.password == STRONG)  # and then it acts, though nobody waits
     assert sim.password_changes == 1
@@ -1022,12 +1027,7 @@ async def test_login_fault_lose_answer_of_a_failed_login_changes_nothing(
     # ClientConnectionError, not only ServerDisconnectedError: with wrong credentials the
     # simulator hangs up without reading the body, which a kernel may answer with a reset.
     with pytest.raises(aiohttp.ClientConnectionError):
-        await client.post(
-            "/v1/users/login",
-            headers={"Authorization": basic("admin", password)},
-            json={"new_password": new_password},
-            timeout=SHORT,
-        )
+        await change_password(client, password, new_password)
     assert (sim.password, sim.password_changes) == (DEFAULT_PASSWORD, 0)
     assert (sim.login_attempts, sim.logins, list(sim.tokens)) == (2, 1, [earlier])
     assert not sim.login_script
