@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SOURCES := gateway tests
 
-.PHONY: run demo test lint fmt soak docker-build clean
+.PHONY: run demo test lint fmt soak bench docker-build clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "wa-gateway needs Python 3.11 or newer")'
@@ -38,6 +38,13 @@ fmt: $(STAMP)
 SOAK_SECONDS ?= 600
 soak: $(STAMP)
 	$(BIN)/python -m tests.soak --seconds $(SOAK_SECONDS)
+
+# Not part of `make test` (which runs a few seconds of it): the gateway, the Webapp reached
+# directly, a bare aiohttp proxy and nginx (when installed), BENCH_SECONDS of load each per
+# request shape, by wrk when installed. `apt-get install wrk nginx` for the full comparison.
+BENCH_SECONDS ?= 10
+bench: $(STAMP)
+	$(BIN)/python -m tests.bench --seconds $(BENCH_SECONDS)
 
 docker-build:
 	docker build -t wa-gateway .
