@@ -18,6 +18,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
+from .deadlines import extend
 from .errors import BadFraming, BodyTooLarge, RequestTimeout, SpoolFailed
 
 T = TypeVar("T")
@@ -81,7 +82,7 @@ class ReplayableBody:
                     idle_due = loop.time() + idle_timeout
                     rate_due = started + idle_timeout + size * per_byte if per_byte else idle_due
                     too_slow = rate_due < idle_due
-                    deadline.reschedule(min(idle_due, rate_due))
+                    extend(deadline, min(idle_due, rate_due), idle_timeout)
             if file is not None:
                 await _on_disk(_finish, file, held)
                 return cls(b"", file, size)

@@ -97,6 +97,13 @@ async def _rotate_password(config: Config) -> int:
         return 1
     finally:
         await webapp.close()
+    if PasswordFile(file).next_path.exists():  # accepted, but the rename failed (see the log)
+        print(
+            f"wa-gateway: the Webapp took the new password, but it waits in "
+            f"{PasswordFile(file).next_path}, which every login tries first",
+            file=sys.stderr,
+        )
+        return 1
     print(f"wa-gateway: password rotated; the new one is in {file}")
     return 0
 

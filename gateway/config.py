@@ -35,11 +35,12 @@ from typing import Generic, TypeVar
 from yarl import URL
 
 from . import values as parse
-from .passwords import PasswordFile
+from .passwords import SETTLE_AFTER, PasswordFile
 from .secret import MASK, Secret
 from .values import Address, Invalid
 
 T = TypeVar("T")
+MAX_LOGIN_TIMEOUT = SETTLE_AFTER / 3
 
 
 class ConfigError(Exception):
@@ -259,6 +260,13 @@ def _relations(values: Mapping[str, Mapping[str, object]]) -> Iterator[str]:
         yield (
             "GATEWAY_REFRESH_BEFORE and GATEWAY_REFRESH_JITTER (tokens.refresh_before, "
             "tokens.refresh_jitter): must add up to less than 1, or every token is due at once"
+        )
+    login_timeout = tokens.get("login_timeout")
+    if isinstance(login_timeout, float) and login_timeout > MAX_LOGIN_TIMEOUT:
+        # A rotation whose answer never came is settled SETTLE_AFTER later: far beyond this.
+        yield (
+            f"GATEWAY_LOGIN_TIMEOUT (tokens.login_timeout): must be at most "
+            f"{MAX_LOGIN_TIMEOUT:g} seconds"
         )
     initial, ceiling = tokens.get("backoff_initial"), tokens.get("backoff_max")
     if isinstance(initial, float) and isinstance(ceiling, float) and initial > ceiling:

@@ -23,6 +23,7 @@ from multidict import CIMultiDict
 from .access import Exchange
 from .body import ReplayableBody, check_declared_size
 from .config import ServerConfig
+from .deadlines import extend
 from .errors import BadFraming, GatewayError
 from .headers import downstream_headers, upstream_headers
 from .metrics import Metrics
@@ -155,12 +156,14 @@ class Forwarder:
                 await response.prepare(request)
                 while True:
                     waiting_for = "webapp"
-                    deadline.reschedule(loop.time() + limits.upstream_idle_timeout)
+                    idle = limits.upstream_idle_timeout
+                    extend(deadline, loop.time() + idle, idle)
                     chunk = await answer.content.readany()
                     if not chunk:
                         break
                     waiting_for = "client"
-                    deadline.reschedule(loop.time() + limits.client_send_timeout)
+                    send = limits.client_send_timeout
+                    extend(deadline, loop.time() + send, send)
                     await response.write(chunk)
                     exchange.bytes_out += len(chunk)
         except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:

@@ -29,6 +29,7 @@ import random
 import secrets
 import stat
 import string
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -42,6 +43,10 @@ SPECIALS = "!\"#$%&'()*+,-./:;<=>?@[]^_`{|}~"
 CHARACTER_CLASSES = (string.ascii_lowercase, string.ascii_uppercase, string.digits, SPECIALS)
 # About 200 bits: far beyond guessing, well inside the Webapp's 64-character limit.
 PASSWORD_LENGTH = 32
+# How long a new password the Webapp refused is kept in case a late answer is still to come:
+# far beyond any login timeout (at most a third of it), and short next to any sensible rotation
+# interval. Counted from when the last login that carried it gave up.
+SETTLE_AFTER = 900.0
 # How often a login waiting for another process's lock looks again.
 _LOCK_POLL = 0.05
 
@@ -97,30 +102,40 @@ class PasswordFile:
     def write_next(self, password: Secret) -> None:
         """Keep ``password`` in ``<file>.next``, complete and durable before this returns."""
         current = self.path.stat()
-        temporary = self.path.with_name(self.path.name + ".next.tmp")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-        fd = os.open(temporary, flags, 0o600)
+        # A name of its own (mkstemp: O_EXCL, 0600), so that no other writer can interleave.
+        fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=self.next_path.name + ".")
         try:
-            os.fchown(fd, current.st_uid, current.st_gid)  # a no-op unless run as another user
+            _take_owner(fd, current)
             os.fchmod(fd, stat.S_IMODE(current.st_mode) & 0o660 | 0o600)
             os.write(fd, (password.reveal() + "\n").encode())
             os.fsync(fd)
+        except BaseException:
+            os.unlink(temporary)
+            raise
         finally:
             os.close(fd)
         os.replace(temporary, self.next_path)
         self._sync_directory()
 
+    def touch_next(self) -> None:
+        """Restart the settling time of ``<file>.next``: a login carrying it just gave up."""
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self.next_path)
+
     def commit(self, password: Secret) -> None:
         """Make ``password``, waiting in ``<file>.next``, the one in use: rename it, durably.
 
-        Another process that logged in with it may have renamed it first: that is success too.
+        Only if ``<file>.next`` still holds ``password``: a writer the lock cannot reach (on
+        another host) may have replaced it meanwhile.
         """
-        try:
-            os.replace(self.next_path, self.path)
-        except FileNotFoundError:
-            if self.read() != password:
-                raise
-        self._sync_directory()
+        waiting = self.read_next()
+        if waiting is None and self.read() == password:
+            return  # finished by another process that logged in with it
+        if waiting != password:
+            raise FileNotFoundError(errno.ENOENT, f"{self.next_path} no longer holds it")
+        os.replace(self.next_path, self.path)
+        with contextlib.suppress(OSError):  # renamed already: durability is best effort now
+            self._sync_directory()
 
     def discard_next(self) -> None:
         """Forget a new password the Webapp is known not to have taken."""
@@ -155,13 +170,19 @@ class PasswordFile:
     def _open_lock(self) -> int | None:
         try:
             # Read-only is enough for flock, and lets a lock file made by another user serve.
-            return os.open(self.lock_path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            fd = os.open(self.lock_path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as exc:
             if exc.errno == errno.EROFS or not os.access(self.path.parent, os.W_OK):
                 return None  # nobody can write a new password here: no rotation to wait for
             raise LockUnavailable(
                 f"{self.lock_path} cannot be opened ({exc.strerror or type(exc).__name__})"
             ) from None
+        # Made by another user (a rotate-password run as root, say) with a tight umask, it must
+        # still open for the password file's owner: hand it over, readable by all (it is empty).
+        with contextlib.suppress(OSError):
+            _take_owner(fd, self.path.stat())
+            os.fchmod(fd, 0o644)
+        return fd
 
     def _sync_directory(self) -> None:
         fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
@@ -169,6 +190,15 @@ class PasswordFile:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _take_owner(fd: int, like: os.stat_result) -> None:
+    """Give the file at ``fd`` the owner and group of ``like`` where this process may; as that
+    owner already (the usual case) there is nothing to do."""
+    mine = os.fstat(fd)
+    if (mine.st_uid, mine.st_gid) != (like.st_uid, like.st_gid):
+        with contextlib.suppress(PermissionError):  # not root: it stays ours
+            os.fchown(fd, like.st_uid, like.st_gid)
 
 
 def _age(path: Path) -> float:

@@ -40,7 +40,7 @@ from .config import TokenConfig
 from .log import log_crash
 from .login import BadCredentials, Grant, LoginFailed, LoginRefused, PasswordChangeRequired
 from .metrics import Metrics
-from .passwords import LockUnavailable, PasswordFile, new_password
+from .passwords import SETTLE_AFTER, LockUnavailable, PasswordFile, new_password
 from .secret import Secret
 from .tokens import Account, TokenPool, backoff_delay
 from .values import Invalid
@@ -49,9 +49,6 @@ log = structlog.get_logger("gateway.rotation")
 
 # Sends one login: (password, new password or None) -> the grant, or a LoginFailed.
 PostLogin = Callable[[Secret, Secret | None], Awaitable[Grant]]
-# How long a new password the Webapp refused is kept in case a late answer is still to come:
-# far beyond any login timeout, and short next to any sensible rotation interval.
-SETTLE_AFTER = 900.0
 # The longest a Rotator sleeps before looking at the file again (someone else may rotate it),
 # and the cap on its retries after failed rotations.
 RECHECK = 3600.0
@@ -84,14 +81,14 @@ async def _log_in(
                 return grant
             current, pending = pending, None
     if rotate:
-        await _settled(file, pending)
+        _settled(file, pending)
         return await _rotate(file, post, current)
     try:
         grant = await post(current, None)
     except PasswordChangeRequired:
         if not rotate_if_required:
             raise
-        await _settled(file, pending)
+        _settled(file, pending)
         return await _rotate(file, post, current)
     if pending is not None and not file.next_age() < SETTLE_AFTER:
         await _discard(file)  # refused long enough while the old password works: never taken
@@ -112,11 +109,15 @@ async def _rotate(file: PasswordFile, post: PostLogin, current: Secret) -> Grant
     except (BadCredentials, LoginRefused):  # the Webapp answered no: it did not act
         await _discard(file)
         raise
+    except BaseException:
+        # It may act yet: its settling time starts now, not when the password was written.
+        await _on_disk(file.touch_next)
+        raise
     await _commit(file, password, "password.rotated")
     return grant
 
 
-async def _settled(file: PasswordFile, refused: Secret | None) -> None:
+def _settled(file: PasswordFile, refused: Secret | None) -> None:
     """Refuse to start a rotation while a refused new password may still be taken late."""
     age = file.next_age()
     if refused is not None and age < SETTLE_AFTER:
@@ -175,7 +176,9 @@ async def _on_disk(step: Callable[..., None], *args: object) -> None:
     try:
         await asyncio.shield(done)
     except asyncio.CancelledError:
-        await asyncio.wait([done])
+        while not done.done():  # however often the caller is cancelled meanwhile
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(done)
         if not done.cancelled():
             done.exception()  # retrieved: the cancellation is what the caller hears of
         raise

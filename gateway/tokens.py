@@ -199,6 +199,9 @@ class TokenPool:
         if slot.last_failure is not None and now < slot.retry_at:
             raise self._unavailable(slot, now)
         outcome = await asyncio.shield(self._start_login(slot, "no_token"))
+        if isinstance(outcome, LoginFailed) and outcome is not slot.last_failure:
+            # The login joined was a rotation, whose failure does not count: a plain one may work.
+            outcome = await asyncio.shield(self._start_login(slot, "no_token"))
         if isinstance(outcome, LoginFailed):
             raise self._unavailable(slot, self.clock.monotonic())
         return outcome

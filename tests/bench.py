@@ -577,6 +577,9 @@ class Options:
     warmup: int = WARMUP
     targets: tuple[str, ...] = TARGETS
     loadgen: LoadGen = "auto"
+    # The baselines write no access log, so neither does the gateway by default; "info" (the
+    # gateway's own default) measures the access log's cost too.
+    log_level: str = "warning"
 
     def runs(self) -> int:
         return len(self.targets) * 2  # two shapes
@@ -842,7 +845,7 @@ async def start_targets(
         else:
             command = [sys.executable, "-m", "gateway", "serve"]
             ready = url + "/_gateway/readyz"
-            env = gateway_env(webapp.url, port, GATEWAY_LOG_LEVEL="warning")
+            env = gateway_env(webapp.url, port, GATEWAY_LOG_LEVEL=options.log_level)
         proxy = await stack.enter_async_context(
             running(name, command, url=url, ready_url=ready, workdir=workdir, env=env)
         )
@@ -996,6 +999,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--loadgen", choices=("auto", "wrk", "python"), default="auto", help="auto: wrk if on PATH"
     )
+    parser.add_argument(
+        "--log-level",
+        choices=("warning", "info"),
+        default=os.environ.get("BENCH_LOG_LEVEL", "warning"),
+        help="the gateway's; info adds its access log (warning)",
+    )
     roles = parser.add_subparsers(dest="role", help="internal: the processes the bench starts")
     simulator = roles.add_parser("simulator")
     simulator.add_argument("port", type=int)
@@ -1037,6 +1046,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warmup=args.warmup,
         targets=tuple(name for name in TARGETS if name in args.targets.split(",")),
         loadgen=args.loadgen,
+        log_level=args.log_level,
     )
     try:
         return asyncio.run(bench_main(options))

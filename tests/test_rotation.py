@@ -100,6 +100,14 @@ class StuckFile(PasswordFile):
         raise OSError(errno.EBUSY, "Device or resource busy")
 
 
+@dataclass(frozen=True)
+class FullDisk(PasswordFile):
+    """A password file on a full disk: a new password cannot be written beside it."""
+
+    def write_next(self, password: Secret) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
 @pytest.fixture
 def file(tmp_path: Path) -> PasswordFile:
     path = tmp_path / "password"
@@ -291,10 +299,9 @@ async def test_a_lock_file_that_cannot_be_used_fails_the_login_where_rotations_c
 
 
 async def test_a_new_password_that_cannot_be_written_is_never_sent(file: PasswordFile) -> None:
-    file.path.with_name(file.path.name + ".next.tmp").mkdir()
     webapp = FakeWebapp(OLD)
     with pytest.raises(LoginFailed, match="nothing was sent"):
-        await login(file, webapp, rotate=True)
+        await login(FullDisk(file.path), webapp, rotate=True)
     assert webapp.attempts == []
     assert file.read().reveal() == OLD
 
@@ -351,6 +358,57 @@ async def test_a_step_on_disk_finishes_even_when_its_login_is_cancelled() -> Non
     assert finished.is_set()  # the caller heard of the cancellation only after the step ended
 
 
+async def test_a_step_on_disk_outlasts_a_second_cancellation_too() -> None:
+    finished = threading.Event()
+
+    def slow_step() -> None:
+        time.sleep(0.2)
+        finished.set()
+
+    task = asyncio.ensure_future(_on_disk(slow_step))
+    for _ in range(3):  # a login timeout, then the pool closing, then Ctrl-C
+        await asyncio.sleep(0.03)
+        task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert finished.is_set()
+
+
+async def test_a_rotation_that_gives_up_restarts_the_settling_time(file: PasswordFile) -> None:
+    webapp = FakeWebapp(OLD)
+    webapp.delay = 1.0
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1):
+            await login(file, webapp, rotate=True)
+    # Written long ago, as far as its clock goes, had the login taken that long ...
+    assert file.next_age() < 5  # ... but the give-up counts: it is kept for SETTLE_AFTER more
+    webapp.delay = 0
+    await login(file, webapp)
+    assert file.next_path.exists()
+
+
+async def test_a_rename_checks_the_waiting_password_is_still_the_one_accepted(
+    file: PasswordFile,
+) -> None:
+    file.write_next(Secret("Accepted-one-3#"))
+    file.write_next(Secret("Written-later-4$"))  # by a writer the lock does not reach
+    with pytest.raises(FileNotFoundError):
+        file.commit(Secret("Accepted-one-3#"))
+    assert file.read().reveal() == OLD
+
+
+async def test_a_lock_file_made_under_a_tight_umask_opens_for_everyone(
+    file: PasswordFile,
+) -> None:
+    previous = os.umask(0o077)
+    try:
+        async with file.locked(1.0):
+            pass
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(file.lock_path.stat().st_mode) == 0o644
+
+
 async def test_the_schedule_survives_a_rotation_that_crashes(
     file: PasswordFile, logs: Logs
 ) -> None:
@@ -402,6 +460,14 @@ def test_rotation_needs_a_password_file(tmp_path: Path) -> None:
     assert caught.value.problems == [
         "WA_PASSWORD_ROTATE_EVERY (webapp.password_rotate_every): needs WA_PASSWORD_FILE, "
         "where the gateway keeps each new password"
+    ]
+
+
+def test_a_login_timeout_beyond_what_rotation_can_settle_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, config_env(tmp_path, GATEWAY_LOGIN_TIMEOUT="301"))
+    assert caught.value.problems == [
+        "GATEWAY_LOGIN_TIMEOUT (tokens.login_timeout): must be at most 300 seconds"
     ]
 
 
@@ -538,6 +604,22 @@ async def test_the_schedule_waits_a_whole_interval_after_a_rotation_whatever_the
     age(password_path, 2 * 3600)  # the rotated file looks old at once
     await asyncio.sleep(0.5)
     assert rig.sim.password_changes == 1
+
+
+async def test_requests_that_joined_a_failed_rotation_log_in_plainly(
+    make_rig: MakeRig, password_path: Path
+) -> None:
+    rig = await rotating_rig(make_rig, password_path)
+    await until(lambda: rig.sim.logins == 1)
+    account = rig.gateway.webapp.account
+    rig.sim.login_delay = 0.2
+    rig.sim.login_script.append(LoginFault("status", 400))  # the rotation is refused
+    rotation = asyncio.ensure_future(rig.gateway.pool.rotate(account))
+    await asyncio.sleep(0.05)  # the rotation is in flight: requests that need a token join it
+    rig.gateway.pool.invalidate(account, await rig.gateway.pool.token(account))
+    assert await send_messages(rig, 20) == [201] * 20
+    assert isinstance(await rotation, LoginFailed)
+    assert rig.sim.login_attempts == 3  # the first login, the rotation, one plain login
 
 
 async def test_a_fresh_password_file_is_not_rotated(make_rig: MakeRig, password_path: Path) -> None:
