@@ -1,4 +1,5 @@
-"""The soak: a gateway process under minutes of mixed traffic, token revocations and expiries.
+"""The soak: a gateway process under minutes of mixed traffic, token revocations, expiries and
+password rotations.
 
 ``python -m tests.soak --seconds 600`` (``make soak``) prints a report and exits 0 when every
 expectation holds, 1 otherwise; ``tests/test_soak.py`` runs 30 seconds of it in ``make test``.
@@ -10,6 +11,12 @@ expectation holds, 1 otherwise; ``tests/test_soak.py`` runs 30 seconds of it in 
   and readers, and clients that hang up mid-transfer.
 - A chaos task revokes or expires every Webapp token every few seconds, with calm phases longer
   than the (short) token lifetime so that the gateway's background refresh runs too.
+- The gateway reads its password from ``WA_PASSWORD_FILE``, and every ``ROTATE_EVERY`` seconds of
+  chaos an operator rotates it: ``python -m gateway rotate-password`` with the gateway's own
+  settings, while the traffic flows. The Webapp's password changes alternately revoke the user's
+  earlier tokens (the gateway's pooled one) and leave them valid, the two readings the Webapp's
+  documentation allows. A revoking change costs the gateway one login, as a revocation does; the
+  command's own logins are counted apart from the gateway's.
 - Every answer is judged against what the Webapp answered to the same ``X-Request-ID``: a failure
   is explained only when it is the Webapp's own answer passed through (a 401 only once the
   replay was refused too). Anything else counts against the gateway.
@@ -41,10 +48,20 @@ import aiohttp
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.passwords import PasswordFile
 from gateway.simulator import Simulator, synthetic_media_bytes, synthetic_media_sha256
+from gateway.values import Invalid
 
 from .conftest import API_KEY, PASSWORD
-from .processes import FRESH, GatewayProcess, serve_gateway
+from .processes import (
+    FRESH,
+    REPO,
+    GatewayProcess,
+    child_env,
+    free_port,
+    gateway_env,
+    running_gateway,
+)
 
 MiB = 1 << 20
 DEFAULT_SECONDS = 600.0
@@ -54,6 +71,10 @@ TOKEN_LIFETIME = 10.0  # seconds: short, so that the calm phases see background 
 CHAOS_CYCLE = 60.0  # each cycle: a calm phase, then revocations and expiries every few seconds
 CHAOS_CALM = TOKEN_LIFETIME + 2.0
 CHAOS_GAP = (1.0, 4.0)
+# Seconds of chaos between password rotations (a rotation takes the place of a revocation or an
+# expiry): a 30-second soak, whose chaos starts after the first calm phase, sees two.
+ROTATE_EVERY = 8.0
+ROTATE_TIMEOUT = 30.0  # for one rotate-password run: a loaded machine's start-up and its login
 SAMPLE_EVERY = 0.5  # seconds between RSS samples
 PROGRESS_EVERY = 30.0
 SETTLE_TIMEOUT = 15.0  # the bounded wait for connections and tasks to end after the traffic
@@ -496,22 +517,119 @@ async def _trickle(size: int) -> AsyncIterator[bytes]:
         yield data[offset : offset + SLOW_CHUNK]
 
 
+# --- the chaos -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Operator:
+    """Rotates the Webapp password the way an operator does: ``python -m gateway rotate-password``
+    with the gateway's own settings. An asyncio subprocess, since this process's event loop
+    serves the Webapp the command logs in at."""
+
+    settings: Mapping[str, str]  # the gateway's
+    sim: Simulator
+    stderr_path: Path  # the last run's
+
+    @property
+    def password_file(self) -> PasswordFile:
+        return PasswordFile(Path(self.settings["WA_PASSWORD_FILE"]))
+
+    def file_is_current(self) -> bool:
+        """Whether the password file holds the Webapp's password now."""
+        try:
+            return self.password_file.read().reveal() == self.sim.password
+        except Invalid:
+            return False
+
+    def next_left(self) -> bool:
+        """Whether a new password still waits in ``<file>.next``."""
+        return os.path.lexists(self.password_file.next_path)
+
+    async def rotate_password(self) -> str | None:
+        """Run the command once (killed after ``ROTATE_TIMEOUT``); None if it exited 0 with the
+        Webapp's password in the file and nothing in ``<file>.next``, else what went wrong."""
+        with self.stderr_path.open("wb") as stderr:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "gateway",
+                "rotate-password",
+                env=child_env(self.settings),
+                cwd=REPO,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        try:
+            async with asyncio.timeout(ROTATE_TIMEOUT):
+                status = await process.wait()
+        except TimeoutError:
+            return f"rotate-password still ran after {ROTATE_TIMEOUT:g} s"
+        finally:
+            if process.returncode is None:  # timed out, or the soak was cancelled
+                process.kill()
+                async with asyncio.timeout(EXIT_TIMEOUT):
+                    await process.wait()
+        if status != 0:
+            said = self.stderr_path.read_text(errors="replace").strip().splitlines()
+            return f"rotate-password exited {status}: {said[-1] if said else 'nothing said'}"
+        if not self.file_is_current():
+            return "rotate-password exited 0, but the file does not hold the Webapp's password"
+        if self.next_left():
+            return f"rotate-password exited 0, but left {self.password_file.next_path.name}"
+        return None
+
+
 @dataclass
 class Chaos:
-    """Revocations and expiries done to the Webapp's tokens while traffic flowed."""
+    """Revocations, expiries and password rotations done while traffic flowed."""
 
     revocations: int = 0
     expiries: int = 0
+    rotations: int = 0  # rotate-password runs that succeeded
+    rotation_failures: list[str] = field(default_factory=list)  # what went wrong, one per run
+    # Rotations whose password change at the Webapp revoked the user's earlier tokens, the
+    # gateway's pooled one included (``Simulator.password_change_revokes``).
+    revoking_rotations: int = 0
+    slowest_rotation: float = 0.0  # seconds one rotate-password run took, start-up included
 
     @property
     def events(self) -> int:
-        return self.revocations + self.expiries
+        """What took the gateway's token away, each one calling for a login."""
+        return self.revocations + self.expiries + self.revoking_rotations
+
+    @property
+    def rotations_tried(self) -> int:
+        return self.rotations + len(self.rotation_failures)
 
 
-async def chaos(sim: Simulator, rng: random.Random, started: float, until: float) -> Chaos:
-    """Revoke or expire every token every few seconds, except in each cycle's calm phase."""
+async def rotate(operator: Operator, done: Chaos) -> None:
+    """One rotation, by the operator; the Webapp's password changes alternately revoke the
+    user's tokens and leave them valid."""
+    sim = operator.sim
+    sim.password_change_revokes = done.rotations_tried % 2 == 0
+    changes = sim.password_changes
+    began = asyncio.get_running_loop().time()
+    problem = await operator.rotate_password()
+    took = asyncio.get_running_loop().time() - began
+    done.slowest_rotation = max(done.slowest_rotation, took)
+    # Counted by what the Webapp did: a failed run may have changed the password all the same.
+    if sim.password_changes > changes and sim.password_change_revokes:
+        done.revoking_rotations += 1
+    if problem is None:
+        done.rotations += 1
+    else:
+        done.rotation_failures.append(problem)
+
+
+async def chaos(operator: Operator, rng: random.Random, started: float, until: float) -> Chaos:
+    """Revoke or expire every token every few seconds, except in each cycle's calm phase; the
+    first of these events ``ROTATE_EVERY`` seconds or more after the last rotation began (and
+    the first of each cycle's chaos) is a password rotation instead."""
     loop = asyncio.get_running_loop()
+    sim = operator.sim
     done = Chaos()
+    rotate_at = started + CHAOS_CALM
     while True:
         phase = (loop.time() - started) % CHAOS_CYCLE
         calm = phase < CHAOS_CALM
@@ -521,7 +639,10 @@ async def chaos(sim: Simulator, rng: random.Random, started: float, until: float
         await asyncio.sleep(pause)
         if calm:
             continue
-        if rng.random() < 0.5:
+        if loop.time() >= rotate_at:
+            rotate_at = loop.time() + ROTATE_EVERY
+            await rotate(operator, done)
+        elif rng.random() < 0.5:
             sim.revoke_all()
             done.revocations += 1
         else:
@@ -542,7 +663,10 @@ class SoakReport:
     elapsed: float = 0.0
     ledger: Ledger = field(default_factory=Ledger)
     chaos: Chaos = field(default_factory=Chaos)
-    logins: int = 0  # tokens the Webapp issued while traffic flowed
+    logins: int = 0  # tokens the Webapp issued to the gateway while traffic flowed
+    password_changes: int = 0  # the Webapp's count, at the end
+    password_file_current: bool = False  # the file holds the Webapp's password, at the end
+    password_next_left: bool = False  # a <file>.next was left, at the end
     start: Reading = field(default_factory=Reading)  # idle, before the traffic
     end: Reading = field(default_factory=Reading)  # idle again, after it
     rss_start: int = 0
@@ -580,7 +704,7 @@ class SoakReport:
 
     @property
     def login_budget(self) -> int:
-        """The most logins the chaos and the refreshes explain."""
+        """The most logins the chaos (revoking rotations included) and the refreshes explain."""
         return self.chaos.events + int(self.refreshes) + LOGIN_SLACK
 
     def checks(self) -> list[tuple[bool, str]]:
@@ -596,9 +720,21 @@ class SoakReport:
             (self.gateway_5xx == 0, f"no 5xx in the gateway's metrics: {self.gateway_5xx:.0f}"),
             (
                 self.chaos.events - 1 <= self.logins <= self.login_budget,
-                f"a login per revocation, expiry or refresh: {self.logins} logins for "
-                f"{self.chaos.events} chaos events and {self.refreshes:.0f} refreshes "
+                f"a login per revocation, expiry, revoking rotation or refresh: {self.logins} "
+                f"logins for {self.chaos.events} chaos events and {self.refreshes:.0f} refreshes "
                 f"(at least {self.chaos.events - 1}, at most {self.login_budget})",
+            ),
+            (
+                not self.chaos.rotation_failures and self.password_changes == self.chaos.rotations,
+                f"every password rotation succeeded: {self.chaos.rotations} of "
+                f"{self.chaos.rotations_tried}, {self.password_changes} password changes at the "
+                "Webapp",
+            ),
+            (
+                self.password_file_current and not self.password_next_left,
+                "the password file holds the Webapp's password, no .next beside it: "
+                f"{'holds it' if self.password_file_current else 'does not hold it'}, "
+                f"{'.next left' if self.password_next_left else 'no .next'}",
             ),
             (
                 self.rss_growth < RSS_GROWTH_BOUND,
@@ -646,9 +782,17 @@ class SoakReport:
             ("unexplained failures", f"{ledger.unexplained:,}"),
             ("revocations / expiries", f"{self.chaos.revocations} / {self.chaos.expiries}"),
             (
+                "password rotations",
+                f"{self.chaos.rotations} ok, {len(self.chaos.rotation_failures)} failed "
+                f"(slowest {self.chaos.slowest_rotation:.1f} s); "
+                f"{self.chaos.revoking_rotations} revoked the gateway's token; the Webapp "
+                f"counted {self.password_changes} password changes",
+            ),
+            (
                 "logins performed",
-                f"{self.logins} issued by the Webapp ({self.gateway_logins:.0f} counted by the "
-                f"gateway, {self.refreshes:.0f} of them refreshes)",
+                f"{self.logins} issued by the Webapp to the gateway ({self.gateway_logins:.0f} "
+                f"counted by the gateway, {self.refreshes:.0f} of them refreshes), "
+                f"{self.password_changes} more to rotate-password",
             ),
             (
                 "RSS start / warm / end",
@@ -673,6 +817,7 @@ class SoakReport:
         lines.append("expectations")
         lines += [f"  {'PASS' if held else 'FAIL'}  {what}" for held, what in self.checks()]
         lines += [f"  unexplained: {sample}" for sample in ledger.samples]
+        lines += [f"  rotation failed: {problem}" for problem in self.chaos.rotation_failures[:20]]
         return "\n".join(lines)
 
 
@@ -709,26 +854,48 @@ async def serve_webapp(app: web.Application) -> AsyncIterator[web.AppRunner]:
         await runner.cleanup()
 
 
+def write_password_file(directory: Path, password: str) -> Path:
+    """``password`` in a file of its own (0600) in ``directory`` (0700), made if need be."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = directory / "wa-password"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(password + "\n")
+    path.chmod(0o600)
+    return path
+
+
 @contextlib.asynccontextmanager
 async def soak_rig(
     workdir: Path, sim: Simulator, answers: WebappAnswers
-) -> AsyncIterator[Observer]:
-    """The simulator in this process and a gateway process before it."""
+) -> AsyncIterator[tuple[Observer, Operator]]:
+    """The simulator in this process and a gateway process before it, which reads its password
+    from a file; and an operator who rotates that password."""
     app = sim.make_app()
     app.on_response_prepare.append(answers.on_response_prepare)
     spool = workdir / "spool"
     spool.mkdir(parents=True, exist_ok=True)
+    password_file = write_password_file(workdir / "secrets", sim.password)
     async with serve_webapp(app) as webapp:
         webapp_port = webapp.addresses[0][1]
-        webapp_url = f"http://127.0.0.1:{webapp_port}"
-        async with serve_gateway(webapp_url, workdir, GATEWAY_SPOOL_DIR=str(spool)) as gateway:
-            port = int(gateway.url.rpartition(":")[2])
-            yield Observer(gateway, port, sim, webapp, webapp_port, spool)
+        port = free_port()
+        settings = gateway_env(
+            f"http://127.0.0.1:{webapp_port}",
+            port,
+            GATEWAY_SPOOL_DIR=str(spool),
+            WA_PASSWORD_FILE=str(password_file),
+        )
+        del settings["WA_PASSWORD"]  # the file alone holds it, as rotation needs
+        url = f"http://127.0.0.1:{port}"
+        async with running_gateway(["serve"], settings, url, workdir) as gateway:
+            observer = Observer(gateway, port, sim, webapp, webapp_port, spool)
+            yield observer, Operator(settings, sim, workdir / "rotate-password.stderr")
 
 
 async def drive(
     traffic: Traffic,
     observer: Observer,
+    operator: Operator,
     report: SoakReport,
     progress: Callable[[str], None] | None,
 ) -> None:
@@ -753,9 +920,10 @@ async def drive(
                     f"{_mib(report.rss_samples[-1])}  fds {observer.descriptors().total}"
                 )
 
-    logins_before = sim.logins
+    logins_before, changes_before = sim.logins, sim.password_changes
     async with asyncio.TaskGroup() as group:
-        chaos_done = group.create_task(chaos(sim, random.Random(report.seed + 1), started, until))
+        chaos_rng = random.Random(report.seed + 1)
+        chaos_done = group.create_task(chaos(operator, chaos_rng, started, until))
         group.create_task(sample())
         async with asyncio.timeout(report.seconds + DRIVE_SLACK):
             await traffic.warm_up()
@@ -763,7 +931,11 @@ async def drive(
             report.rss_warm = gateway.memory().rss
             await traffic.run(report.concurrency, until)
     report.elapsed = loop.time() - started
-    report.logins = sim.logins - logins_before
+    # Each password change is a login of rotate-password's, which the Webapp counts with the
+    # gateway's: the gateway itself never changes the password here (no schedule, and no
+    # "password change required").
+    rotations = sim.password_changes - changes_before
+    report.logins = sim.logins - logins_before - rotations
     report.chaos = chaos_done.result()
 
 
@@ -786,7 +958,7 @@ async def run_soak(
         token_lifetime=TOKEN_LIFETIME,
     )
     answers = WebappAnswers()
-    async with soak_rig(workdir, sim, answers) as observer:
+    async with soak_rig(workdir, sim, answers) as (observer, operator):
         gateway = observer.gateway
         report.start = await observer.settle()
         report.rss_start = gateway.memory().rss
@@ -794,7 +966,7 @@ async def run_soak(
         async with aiohttp.ClientSession(connector=connector, timeout=CLIENT_TIMEOUT) as session:
             traffic = Traffic(session, sim, answers, report.seed)
             traffic.url = gateway.url
-            await drive(traffic, observer, report, progress)
+            await drive(traffic, observer, operator, report, progress)
         report.ledger = traffic.ledger
         report.end = await observer.settle(report.start)
         report.spool_entries = len(list(observer.spool.iterdir()))
@@ -804,6 +976,9 @@ async def run_soak(
         with contextlib.suppress(TimeoutError):
             report.exit_status = await gateway.wait(EXIT_TIMEOUT)
         report.log_problems = log_problems(gateway)
+        report.password_changes = sim.password_changes
+        report.password_file_current = operator.file_is_current()
+        report.password_next_left = operator.next_left()
     return report
 
 
@@ -823,7 +998,10 @@ def _seconds(text: str) -> float:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tests.soak",
-        description="Soak a wa-gateway process with mixed traffic, revocations and expiries.",
+        description=(
+            "Soak a wa-gateway process with mixed traffic, token revocations and expiries, and "
+            "password rotations."
+        ),
     )
     parser.add_argument(
         "--seconds",

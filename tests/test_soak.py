@@ -1,8 +1,9 @@
 """The short soak: 30 seconds of ``tests.soak`` (``make soak`` runs ten minutes of the same).
 
 One gateway process takes mixed traffic while the Webapp's tokens are revoked or expired every
-few seconds; the tests below hold the counts it reports against the expectations, never its
-timings. Run with ``pytest -s`` to see the whole report (each failure message carries it too).
+few seconds and an operator rotates the password with ``rotate-password``; the tests below hold
+the counts it reports against the expectations, never its timings. Run with ``pytest -s`` to see
+the whole report (each failure message carries it too).
 """
 
 from __future__ import annotations
@@ -49,9 +50,25 @@ def test_no_request_failed_that_the_webapp_did_not_fail(report: SoakReport) -> N
 
 
 def test_each_revocation_expiry_or_refresh_costs_one_login(report: SoakReport) -> None:
-    """However many requests a revocation hits, it causes one login (and refreshes one each)."""
+    """However many requests a revocation hits, it causes one login (and refreshes one each); a
+    password change that revokes the gateway's token counts as a revocation, and the logins
+    ``rotate-password`` made are not the gateway's."""
     assert report.chaos.events - 1 <= report.logins <= report.login_budget, report.render()
     assert report.gateway_logins == report.logins, report.render()
+
+
+def test_the_password_was_rotated_under_load(report: SoakReport) -> None:
+    """``rotate-password``, run as an operator would while the traffic flowed, succeeded every
+    time (twice at least, with a password change that revokes the gateway's token and one that
+    does not), and the password file ends up holding the Webapp's password with no ``.next``
+    beside it."""
+    chaos = report.chaos
+    assert chaos.rotations >= 2, report.render()
+    assert chaos.rotation_failures == [], report.render()
+    assert 1 <= chaos.revoking_rotations < chaos.rotations, report.render()
+    assert report.password_changes == chaos.rotations, report.render()
+    assert report.password_file_current, report.render()
+    assert not report.password_next_left, report.render()
 
 
 def test_no_descriptor_spool_file_or_task_is_left_behind(report: SoakReport) -> None:
