@@ -15,14 +15,16 @@ import re
 import sys
 import traceback
 from collections.abc import Mapping
-from typing import TextIO
+from typing import TextIO, cast
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from .secret import MASK, Secret
+from .sink import LineSink
 
 REDACTED = "[redacted]"
+_sink: LineSink | None = None
 # A key whose lower-cased name ends with one of these holds a secret, whatever its value:
 # token, access_token, X-Api-Key, new_password, Proxy-Authorization, Set-Cookie...
 SENSITIVE_KEY_ENDINGS = (
@@ -101,13 +103,24 @@ def _mask(match: re.Match[str]) -> str:
     return match.string[match.start() : match.start(secret)] + REDACTED
 
 
-def configure_logging(level: str, stream: TextIO | None = None, *, cache: bool = True) -> None:
+def configure_logging(
+    level: str, stream: TextIO | None = None, *, cache: bool = True, background: bool = True
+) -> None:
     """Send structlog and standard-library logging to ``stream`` (stdout) at ``level``.
 
-    ``cache=False`` lets tests configure again and again; the gateway caches for speed (a cached
-    logger keeps the configuration it first saw, whatever is configured later).
+    With ``background`` (the gateway's way), lines reach the stream through a
+    :class:`~gateway.sink.LineSink`, so that a stream that blocks cannot stall the event loop;
+    tests that read what was logged at once pass False. ``cache=False`` lets tests configure
+    again and again; the gateway caches for speed (a cached logger keeps the configuration it
+    first saw, whatever is configured later).
     """
+    global _sink  # noqa: PLW0603 - the sink belongs to the one logging configuration
     stream = stream or sys.stdout
+    if _sink is not None:
+        _sink.close()
+    _sink = LineSink(stream) if background else None
+    # A LineSink writes text like a stream; it is one as far as the handlers go.
+    target = stream if _sink is None else cast(TextIO, _sink)
     number = logging.getLevelNamesMapping()[level.upper()]
     renderer: Processor = (
         structlog.dev.ConsoleRenderer() if stream.isatty() else structlog.processors.JSONRenderer()
@@ -124,10 +137,10 @@ def configure_logging(level: str, stream: TextIO | None = None, *, cache: bool =
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, *final],
         wrapper_class=structlog.make_filtering_bound_logger(number),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=structlog.WriteLoggerFactory(target),
         cache_logger_on_first_use=cache,
     )
-    handler = logging.StreamHandler(stream)
+    handler = logging.StreamHandler(target)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[
@@ -140,6 +153,11 @@ def configure_logging(level: str, stream: TextIO | None = None, *, cache: bool =
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(number)
+
+
+def dropped_lines() -> int:
+    """Log lines dropped so far because the log's reader fell behind."""
+    return 0 if _sink is None else _sink.dropped
 
 
 def log_crash(event: str, exc: BaseException) -> None:

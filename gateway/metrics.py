@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from .log import dropped_lines
 
 # The format generate_latest() writes. Not prometheus_client's CONTENT_TYPE_LATEST, which in current
 # releases names text format 1.0.0, sent only to a scraper that asks for it (see choose_encoder()).
@@ -16,6 +21,17 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # client inventing methods cannot grow the registry without bound.
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class _DroppedLines(Collector):
+    """Log lines the sink dropped: a counter whose value lives in the logging configuration."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "wa_gateway_log_lines_dropped",
+            "Log lines dropped because the log's reader fell behind.",
+            value=dropped_lines(),
+        )
 
 
 class Metrics:
@@ -90,6 +106,7 @@ class Metrics:
             registry=registry,
         )
         self.password_age.set(math.nan)
+        registry.register(_DroppedLines())
         tasks = Gauge(
             "wa_gateway_asyncio_tasks",
             "asyncio tasks alive in the gateway's event loop (a leak shows as growth).",

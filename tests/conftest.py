@@ -84,7 +84,7 @@ class Logs:
 @pytest.fixture
 def logs() -> Logs:
     captured = Logs()
-    configure_logging("debug", captured.stream, cache=False)
+    configure_logging("debug", captured.stream, cache=False, background=False)
     return captured
 
 

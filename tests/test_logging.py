@@ -525,7 +525,7 @@ def restore_logging() -> Iterator[None]:
 @pytest.mark.usefixtures("restore_logging")
 def test_a_terminal_gets_the_console_format() -> None:
     terminal = Terminal()
-    configure_logging("info", terminal, cache=False)
+    configure_logging("info", terminal, cache=False, background=False)
     structlog.get_logger("test").info("console.shown", password="hunter2", answer=42)
     logging.getLogger("test.stdlib").info("stdlib line with Bearer abc123")
     lines = terminal.getvalue().splitlines()
@@ -544,7 +544,7 @@ def test_a_terminal_gets_the_console_format() -> None:
 @pytest.mark.usefixtures("restore_logging")
 def test_a_stream_that_is_not_a_terminal_gets_json_lines_at_the_level_asked() -> None:
     stream = io.StringIO()
-    configure_logging("info", stream, cache=False)
+    configure_logging("info", stream, cache=False, background=False)
     log = structlog.get_logger("test")
     log.debug("dropped.debug")
     log.info("kept.info", n=1)
