@@ -37,6 +37,7 @@ INTERRUPTED = 130  # the exit status for Ctrl-C before the handlers are in place
 # a cancelled handler gets to unwind. (aiohttp would wait its timeout twice, and read 0 as
 # "forever", so the grace period is counted here instead.)
 _CUT_WAIT = 0.1
+BACKLOG = 1024
 
 
 class ListenError(Exception):
@@ -67,7 +68,7 @@ async def serve(
         runner = GatewayRunner(app, access_log=None, shutdown_timeout=_CUT_WAIT)
         await runner.setup()
         try:
-            url = await _listen(runner, server.listen, tls)
+            url = await _listen(runner, server.listen, tls, server.client_idle_timeout)
             log.info("gateway.started", url=url, webapp=str(config.webapp.url))
             if on_started is not None:
                 on_started(url)
@@ -89,9 +90,46 @@ async def serve(
     log.info("gateway.stopped")
 
 
-async def _listen(runner: web.AppRunner, address: Address, tls: ssl.SSLContext | None) -> str:
+class _TlsSite(web.TCPSite):
+    """A TCPSite whose TLS handshakes must end within ``handshake_timeout`` seconds.
+
+    asyncio gives a handshake 60 s, and aiohttp offers no way to change that: a client that opens
+    connections and never finishes its hello would hold each for a minute, long past the idle
+    timeout that the same client gets once it speaks HTTP. This is ``TCPSite.start`` with the one
+    argument added (aiohttp is pinned to a minor version, so its attributes cannot move).
+    """
+
+    def __init__(
+        self, runner: web.AppRunner, address: Address, tls: ssl.SSLContext, timeout: float
+    ) -> None:
+        super().__init__(runner, address.host, address.port, backlog=BACKLOG, ssl_context=tls)
+        self._handshake_timeout = timeout
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner
+        server = self._runner.server
+        if server is None:
+            raise RuntimeError("the runner was not set up")
+        self._server = await asyncio.get_running_loop().create_server(
+            server,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            ssl_handshake_timeout=self._handshake_timeout,
+        )
+        self._bound_port = self._server.sockets[0].getsockname()[1]
+
+
+async def _listen(
+    runner: web.AppRunner, address: Address, tls: ssl.SSLContext | None, handshake_timeout: float
+) -> str:
     """Open the listening socket (with TLS if ``tls`` is given); return the URL it answers on."""
-    site = web.TCPSite(runner, address.host, address.port, backlog=1024, ssl_context=tls)
+    site: web.TCPSite
+    if tls is None:
+        site = web.TCPSite(runner, address.host, address.port, backlog=BACKLOG)
+    else:
+        site = _TlsSite(runner, address, tls, handshake_timeout)
     try:
         await site.start()
     except OSError as exc:

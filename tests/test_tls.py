@@ -287,6 +287,34 @@ async def test_listener_with_tls_refuses_plain_http(
     assert logs.named("request.completed") == []
 
 
+async def test_a_tls_handshake_that_never_ends_is_cut_off_after_the_idle_timeout(
+    aiohttp_server: AiohttpServer, listener_files: dict[str, str], trusting: ssl.SSLContext
+) -> None:
+    """Connections that stop mid-hello (or never say it) are closed after the idle timeout, not
+    after asyncio's 60 s, and the gateway serves others meanwhile."""
+    _, webapp_url = await start_simulator(aiohttp_server)
+    config = gateway_config(
+        webapp_url,
+        GATEWAY_LISTEN="127.0.0.1:0",
+        GATEWAY_CLIENT_IDLE_TIMEOUT="0.5",
+        **listener_files,
+    )
+    async with serving(config) as url:
+        port = int(url.rsplit(":", 1)[1])
+        stalled = [await asyncio.open_connection("127.0.0.1", port) for _ in range(10)]
+        for _, writer in stalled[::2]:
+            writer.write(b"\x16\x03\x01\x02\x00\x01")  # the start of a ClientHello, then nothing
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trusting)) as session,
+            session.get(url + "/_gateway/healthz") as response,
+        ):
+            assert response.status == 200
+        async with asyncio.timeout(10):  # asyncio's own limit would be 60 s
+            for reader, writer in stalled:
+                assert await reader.read() == b""  # closed by the gateway
+                writer.close()
+
+
 async def test_listener_with_tls_is_refused_by_a_client_that_does_not_trust_its_ca(
     aiohttp_server: AiohttpServer, listener_files: dict[str, str]
 ) -> None:
