@@ -806,6 +806,20 @@ async def test_rotate_password_needs_a_password_file(tmp_path: Path) -> None:
     assert err.count("\n") == 1
 
 
+async def test_a_webapp_that_does_not_answer_in_time_fails_the_rotation_cleanly(
+    webapp: tuple[Simulator, str], env_for: dict[str, str], password_path: Path, tmp_path: Path
+) -> None:
+    sim, url = webapp
+    sim.login_delay = 5.0
+    env = {**env_for, "WA_WEBAPP_URL": url, "GATEWAY_LOGIN_TIMEOUT": "0.5"}
+    status, out, err = await rotate_password(env, tmp_path)
+    assert status == 1
+    assert "no answer within GATEWAY_LOGIN_TIMEOUT (0.5 s)" in err
+    assert out == ""
+    assert stored(password_path) == OLD
+    assert sim.password == OLD  # the simulator gave up with its client
+
+
 async def test_an_unreachable_webapp_fails_the_rotation_cleanly(
     env_for: dict[str, str], password_path: Path, tmp_path: Path
 ) -> None:
