@@ -53,21 +53,23 @@ class ReplayableBody:
     ) -> ReplayableBody:
         """Read the whole body from ``chunks``: :class:`BodyTooLarge` beyond ``max_size``,
         :class:`RequestTimeout` when no chunk came for ``idle_timeout`` seconds, or when the
-        body is slower than ``min_rate`` bytes per second on average after its first
-        ``idle_timeout`` seconds (each byte buys ``1 / min_rate`` s; 0: no rate is asked for).
+        body falls behind ``min_rate`` bytes per second (0: no rate is asked for).
 
-        The rate is what keeps a client that trickles a byte now and then, each in time, from
-        holding its admission slot for as long as the body is long (Apache's ``MinRate``).
+        The rate is a bucket of time: the body starts with ``idle_timeout`` seconds, each byte
+        adds ``1 / min_rate`` s, and no more than ``idle_timeout`` s can be saved up ahead. So a
+        client that trickles a byte now and then, each in time, cannot hold its admission slot
+        for as long as its body is long, not even after sending fast for a while (Apache's
+        ``MinRate``, with a bounded credit).
         """
         loop = asyncio.get_running_loop()
         held: list[bytes] = []
         held_size = size = 0
         file: BinaryIO | None = None
-        started = loop.time()
         per_byte = 1 / min_rate if min_rate else 0.0
+        rate_due = loop.time() + idle_timeout  # when the bytes so far have used up their time
         too_slow = False  # whether the deadline is the rate's rather than the pause's
         try:
-            async with asyncio.timeout_at(started + idle_timeout) as deadline:
+            async with asyncio.timeout_at(rate_due) as deadline:
                 async for chunk in chunks:
                     size += len(chunk)
                     if size > max_size:
@@ -80,9 +82,11 @@ class ReplayableBody:
                         await _on_disk(file.writelines, held)
                         held, held_size = [], 0
                     idle_due = loop.time() + idle_timeout
-                    rate_due = started + idle_timeout + size * per_byte if per_byte else idle_due
+                    rate_due = (
+                        min(rate_due + len(chunk) * per_byte, idle_due) if per_byte else idle_due
+                    )
                     too_slow = rate_due < idle_due
-                    extend(deadline, min(idle_due, rate_due), idle_timeout)
+                    extend(deadline, rate_due, idle_timeout)
             if file is not None:
                 await _on_disk(_finish, file, held)
                 return cls(b"", file, size)
@@ -91,7 +95,7 @@ class ReplayableBody:
                 file.close()
             if too_slow:
                 raise RequestTimeout(
-                    f"The request body arrived slower than {min_rate:g} bytes/s on average."
+                    f"The request body arrived slower than {min_rate:g} bytes/s."
                 ) from None
             raise RequestTimeout(
                 f"The request body stalled: nothing arrived for {idle_timeout} s."

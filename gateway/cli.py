@@ -13,7 +13,7 @@ from .app import create_app
 from .config import Config, ConfigError, describe, load_config
 from .demo import run_demo
 from .healthcheck import check_health
-from .log import configure_logging
+from .log import configure_logging, drain_logs
 from .login import LoginFailed
 from .passwords import PasswordFile
 from .server import INTERRUPTED, ListenError, serve
@@ -80,29 +80,28 @@ async def _rotate_password(config: Config) -> int:
         )
     webapp = Webapp(config)
     await webapp.open()
+    failure = None
     try:
         async with asyncio.timeout(config.tokens.login_timeout):
             await webapp.login(webapp.account, rotate=True)
     except LoginFailed as exc:
-        print(
-            f"wa-gateway: rotation failed ({exc.kind}): {exc.details} {exc.advice}", file=sys.stderr
-        )
-        return 1
+        failure = f"rotation failed ({exc.kind}): {exc.details} {exc.advice}"
     except TimeoutError:
-        print(
-            f"wa-gateway: rotation failed: no answer within GATEWAY_LOGIN_TIMEOUT "
-            f"({config.tokens.login_timeout:g} s); the next login finishes it if it took effect",
-            file=sys.stderr,
+        failure = (
+            f"rotation failed: no answer within GATEWAY_LOGIN_TIMEOUT "
+            f"({config.tokens.login_timeout:g} s); the next login finishes it if it took effect"
         )
-        return 1
     finally:
         await webapp.close()
-    if PasswordFile(file).next_path.exists():  # accepted, but the rename failed (see the log)
-        print(
-            f"wa-gateway: the Webapp took the new password, but it waits in "
-            f"{PasswordFile(file).next_path}, which every login tries first",
-            file=sys.stderr,
+    waiting = PasswordFile(file).next_path
+    if failure is None and waiting.exists():  # accepted, but the rename failed (see the log)
+        failure = (
+            f"the Webapp took the new password, but it waits in {waiting}, "
+            "which every login tries first"
         )
+    drain_logs()  # the log (on stderr too) first, then the verdict
+    if failure is not None:
+        print(f"wa-gateway: {failure}", file=sys.stderr)
         return 1
     print(f"wa-gateway: password rotated; the new one is in {file}")
     return 0

@@ -5,7 +5,8 @@ a relay that moved it before every read and write spent more time on timers than
 own work (7% of the gateway's CPU for small messages, measured with py-spy under ``make bench``).
 :func:`extend` skips a move that would postpone the deadline by less than ``SLACK`` of the
 timeout, so a silence is detected between ``1 - SLACK`` and 1 times the timeout after the last
-progress, and a stream that keeps moving re-arms its timer a few times per timeout at most.
+progress, and a stream that keeps moving re-arms its timer at most ``1 / SLACK`` (50) times per
+timeout, however many chunks it moves.
 A move that brings the deadline closer (a shorter timeout for the next phase) always happens.
 """
 

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from .app import create_app
 from .config import load_config
-from .log import configure_logging
+from .log import configure_logging, drain_logs
 from .server import serve
 from .simulator import Simulator
 
@@ -39,6 +39,7 @@ async def run_demo(environ: Mapping[str, str]) -> None:
         configure_logging(config.server.log_level)
 
         def banner(url: str) -> None:
+            drain_logs()  # after gateway.started, not in the middle of it
             print(
                 f"\nwa-gateway demo: the gateway listens on {url}, in front of a simulated Webapp "
                 f"on {webapp_url}.\nTry:\n  {CURL.format(url=url)}\n"

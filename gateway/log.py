@@ -155,6 +155,13 @@ def configure_logging(
     root.setLevel(number)
 
 
+def drain_logs() -> None:
+    """Wait (briefly) until every log line so far is written: before a ``print`` that must
+    follow them on the same stream."""
+    if _sink is not None:
+        _sink.drain()
+
+
 def dropped_lines() -> int:
     """Log lines dropped so far because the log's reader fell behind."""
     return 0 if _sink is None else _sink.dropped

@@ -704,6 +704,22 @@ async def test_a_body_trickled_in_time_but_too_slowly_gets_408_and_is_never_forw
     await assert_healthy(rig, logs)
 
 
+async def test_a_fast_start_buys_no_more_than_one_timeout_for_a_trickle_after_it(
+    make_rig: MakeRig, logs: Logs
+) -> None:
+    """10,000 bytes at once would buy 100 s at 100 bytes a second, were credit unbounded; it is
+    capped at the body timeout, so the trickle after it is cut off within about that."""
+    rig = await make_rig(env={**LIMITS, "GATEWAY_CLIENT_BODY_MIN_RATE": "100"})
+    async with Connection(rig.client.port) as conn:
+        await conn.send(http(POST, b"Content-Length: 10200") + b"x" * 10000)
+        sent, received = await conn.trickle(b"x" * 200, pause=IDLE / 5)
+    assert sent < 20  # about 0.5 s of one byte every 0.1 s
+    response = rawhttp.parse(received)
+    assert response.status == 408
+    assert forwarded(rig) == []
+    await assert_healthy(rig, logs)
+
+
 async def test_a_body_slower_than_its_timeout_but_above_the_rate_is_forwarded(
     make_rig: MakeRig, logs: Logs
 ) -> None:

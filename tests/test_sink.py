@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import sys
@@ -16,15 +17,16 @@ from gateway.sink import CAPACITY, LineSink
 
 from .processes import REPO, child_env, free_port, gateway_env, start_simulator
 
-# Well past what waits: a pipe's 64 KiB buffer, then the sink's capacity, one line a request.
-REQUESTS = CAPACITY + 2000
+# Well past what waits: a pipe's 64 KiB buffer, then the sink's capacity (an access line is some
+# 300 bytes, one a request).
+REQUESTS = CAPACITY // 300 + 2000
 CONCURRENCY = 32
 
 
 def test_lines_wait_in_order_beyond_a_blocked_reader_and_the_excess_is_counted() -> None:
     read_end, write_end = os.pipe()
     reader, writer = os.fdopen(read_end, "r"), os.fdopen(write_end, "w")
-    sink = LineSink(writer, capacity=100)
+    sink = LineSink(writer, capacity=4000)  # bytes: some 100 lines
     done = threading.Event()
 
     def log_a_lot() -> None:
@@ -48,6 +50,26 @@ def test_lines_wait_in_order_beyond_a_blocked_reader_and_the_excess_is_counted()
     assert len(numbers) + dropped_while_blocked == 5000
     notices = [line for line in lines if line["event"] == "log.dropped"]
     assert sum(notice["lines"] for notice in notices) == dropped_while_blocked
+
+
+def test_lines_written_after_close_go_straight_to_the_stream() -> None:
+    stream = io.StringIO()
+    sink = LineSink(stream)
+    sink.write("before\n")
+    sink.close()
+    sink.write("after\n")  # another exit handler's late warning, say
+    assert stream.getvalue() == "before\nafter\n"
+    assert sink.dropped == 0
+
+
+def test_drain_returns_once_the_lines_are_written() -> None:
+    stream = io.StringIO()
+    sink = LineSink(stream)
+    for number in range(100):
+        sink.write(f"{number}\n")
+    sink.drain()
+    assert stream.getvalue() == "".join(f"{number}\n" for number in range(100))
+    sink.close()
 
 
 async def test_a_gateway_whose_log_nobody_reads_keeps_answering(
