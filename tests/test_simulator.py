@@ -1134,15 +1134,6 @@ async def test_fault_delay(sim: Simulator, client: Client) -> None:
     assert time.monotonic() - started >= 0.1
 
 
-async def test_fault_delay_ends_when_client_hangs_up(
-    sim: Simulator, served: aiohttp.ClientSession
-) -> None:
-    sim.faults.append(Fault("delay", delay=30))
-    with pytest.raises(TimeoutError):
-        await served.get("/v1/health", timeout=SHORT)
-    await settled(sim)
-
-
 async def test_held_requests_end_when_the_app_shuts_down(
     aiohttp_server: AiohttpServer,
 ) -> None:

@@ -27,6 +27,8 @@ from gateway.tokens import (
     refresh_time,
 )
 
+from .conftest import until
+
 ACCOUNT = Account("https://webapp:443", "admin")
 WEEK = 7 * 24 * 3600.0
 CONFIG = TokenConfig(
@@ -475,9 +477,7 @@ async def test_a_check_that_cannot_tell_keeps_the_pool_backing_off() -> None:
     pool.start([ACCOUNT])
     try:
         await refuse_fresh_tokens(pool, 2)
-        async with asyncio.timeout(5):
-            while check.calls < 3:
-                await asyncio.sleep(0.01)
+        await until(lambda: check.calls >= 3, within=5)
         readiness = pool.readiness(ACCOUNT)
     finally:
         await pool.close()
