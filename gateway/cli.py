@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 from . import __version__
 from .app import create_app
-from .config import Config, ConfigError, describe, load_config
+from .config import Config, ConfigError, describe, load_config, rotation_problem
 from .demo import run_demo
 from .healthcheck import check_health
 from .log import configure_logging, drain_logs
@@ -71,13 +71,9 @@ async def _rotate_password(config: Config) -> int:
     Webapp's documentation a logout revokes every token of the user, the gateways' too.
     """
     file = config.webapp.password_file
-    if file is None or not PasswordFile(file).writable():
-        raise ConfigError(
-            [
-                "WA_PASSWORD_FILE (webapp.password_file): rotate-password needs it, in a writable "
-                "directory, to keep the new password"
-            ]
-        )
+    problem = rotation_problem(file)
+    if file is None or problem:
+        raise ConfigError([f"WA_PASSWORD_FILE (webapp.password_file): rotate-password {problem}"])
     webapp = Webapp(config)
     await webapp.open()
     failure = None

@@ -278,19 +278,19 @@ def _relations(values: Mapping[str, Mapping[str, object]]) -> Iterator[str]:
 
 def _rotation(webapp: Mapping[str, object]) -> Iterator[str]:
     """Rotation keeps each new password in the password file, so it needs one it can replace."""
-    every, path = webapp.get("password_rotate_every"), webapp.get("password_file", "")
-    name = _BY_KEY["webapp", "password_rotate_every"].name
-    if not every:
+    path = webapp.get("password_file", "")  # "": unreadable, and reported as such already
+    if not webapp.get("password_rotate_every") or not (path is None or isinstance(path, Path)):
         return
-    if path is None:
-        yield f"{name}: needs WA_PASSWORD_FILE, where the gateway keeps each new password"
-    elif isinstance(path, Path) and path.is_symlink():
-        yield f"{name}: WA_PASSWORD_FILE is a symlink, which a new password would replace"
-    elif isinstance(path, Path) and not PasswordFile(path).writable():
-        yield (
-            f"{name}: the directory of WA_PASSWORD_FILE ({path.parent}) is not writable, "
-            "so a new password could not be kept"
-        )
+    if problem := rotation_problem(path):
+        yield f"{_BY_KEY['webapp', 'password_rotate_every'].name}: {problem}"
+
+
+def rotation_problem(password_file: Path | None) -> str | None:
+    """Why passwords cannot be rotated with this password file, or None: for the setting that
+    turns rotation on and for ``wa-gateway rotate-password`` alike."""
+    if password_file is None:
+        return "needs WA_PASSWORD_FILE, where the gateway keeps each new password"
+    return PasswordFile(password_file).cannot_rotate()
 
 
 def _listener_tls(server: Mapping[str, object]) -> Iterator[str]:

@@ -141,10 +141,16 @@ class PasswordFile:
         """Forget a new password the Webapp is known not to have taken."""
         self.next_path.unlink(missing_ok=True)
 
-    def writable(self) -> bool:
-        """Whether a rotation could keep a new password here: the directory takes new files, and
-        the password file is a regular file that a rename can replace (not a symlink)."""
-        return os.access(self.path.parent, os.W_OK | os.X_OK) and not self.path.is_symlink()
+    def cannot_rotate(self) -> str | None:
+        """Why a rotation could not keep a new password here, or None: the file must be one a
+        rename can replace (not a symlink), in a directory that takes new files."""
+        if self.path.is_symlink():
+            return f"{self.path} is a symlink, which a new password would replace"
+        if not os.access(self.path.parent, os.W_OK | os.X_OK):
+            return (
+                f"the directory of {self.path} is not writable, so a new password could not be kept"
+            )
+        return None
 
     @contextlib.asynccontextmanager
     async def locked(self, wait: float) -> AsyncIterator[None]:

@@ -478,8 +478,8 @@ def test_rotation_refuses_a_password_file_that_is_a_symlink(tmp_path: Path) -> N
     with pytest.raises(ConfigError) as caught:
         load_config(None, {**env, "WA_PASSWORD_FILE": str(link)})
     assert caught.value.problems == [
-        "WA_PASSWORD_ROTATE_EVERY (webapp.password_rotate_every): WA_PASSWORD_FILE is a "
-        "symlink, which a new password would replace"
+        f"WA_PASSWORD_ROTATE_EVERY (webapp.password_rotate_every): {link} is a symlink, which "
+        "a new password would replace"
     ]
 
 
