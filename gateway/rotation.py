@@ -41,8 +41,9 @@ from .log import log_crash
 from .login import BadCredentials, Grant, LoginFailed, LoginRefused, PasswordChangeRequired
 from .metrics import Metrics
 from .passwords import SETTLE_AFTER, LockUnavailable, PasswordFile, new_password
+from .schedule import backoff_delay
 from .secret import Secret
-from .tokens import Account, TokenPool, backoff_delay
+from .tokens import Account, TokenPool
 from .values import Invalid
 
 log = structlog.get_logger("gateway.rotation")

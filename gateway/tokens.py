@@ -15,13 +15,10 @@
   (see :func:`gateway.webapp.parse_login`), on the monotonic clock.
 - While logins fail and no token is held, callers get a fast :class:`TokenUnavailable` (503) with
   ``Retry-After`` and the cause; they never trigger a login of their own.
-- Fresh tokens that the Webapp refuses at once, twice in a row (:meth:`TokenPool.report`), count
-  as failed logins, so a Webapp that answers 401 to everything meets the same backoff instead of
-  a login per request, while a revocation that races a login costs one more login, not a backoff.
-  After ``breaker_threshold`` failures in a row the login circuit breaker is open until the
-  backoff ends, then half-open for one trial login; its state shows in readiness and metrics.
-  Each trial logs in and checks the new token with ``check_fn``, so the pool recovers without
-  traffic (which a gateway whose readiness says 503 does not get).
+- What failures mean (backoff, the login circuit breaker, fresh tokens refused in a row) is decided
+  by :mod:`gateway.schedule`; the pool reports them (:meth:`TokenPool.report`) and acts. Once fresh
+  tokens are refused in a row, each trial login also checks the new token with ``check_fn``, so the
+  pool recovers without traffic (which a gateway whose readiness says 503 does not get).
 - :meth:`TokenPool.rotate` runs ``rotate_fn`` (a login that changes the password, see
   :mod:`gateway.rotation`) as the account's one login in flight; its token replaces the pooled
   one like a refresh's.
@@ -37,23 +34,16 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import NamedTuple, Protocol
 
 import structlog
 from cachetools import TLRUCache
 
 from .config import TokenConfig
-from .errors import TokenUnavailable
 from .log import log_crash
-from .login import (
-    Grant,
-    InvalidLoginAnswer,
-    LoginFailed,
-    TokenRejected,
-    WebappUnavailable,
-)
+from .login import Grant, InvalidLoginAnswer, LoginFailed, TokenRejected, WebappUnavailable
 from .metrics import Metrics
+from .schedule import Breaker, Readiness, Refusal, Schedule, refresh_time
 from .secret import Secret
 
 log = structlog.get_logger("gateway.tokens")
@@ -84,17 +74,6 @@ class Account(NamedTuple):
     username: str
 
 
-class Breaker(Enum):
-    """The login circuit breaker; the value is what the metric shows."""
-
-    CLOSED = 0
-    HALF_OPEN = 1  # the backoff ended: the next login is a trial
-    OPEN = 2  # too many failures in a row: no login until the backoff ends
-
-
-# Fresh tokens refused in a row before the Webapp is taken to refuse them all.
-REFUSALS_TO_FAIL = 2
-
 LoginFn = Callable[[Account], Awaitable[Grant]]
 # Whether the Webapp accepts a token (any answer but 401); raises when it cannot tell.
 CheckFn = Callable[[Account, "Token"], Awaitable[bool]]
@@ -119,43 +98,13 @@ class Token:
         return f"Bearer {self.value.reveal()}"
 
 
-def refresh_time(sent_at: float, lifetime: float, config: TokenConfig, rng: random.Random) -> float:
-    """When to replace a token: ``refresh_before`` of its lifetime early, and up to
-    ``refresh_jitter`` more, so that gateways started together do not log in together."""
-    early = config.refresh_before + config.refresh_jitter * rng.random()
-    return sent_at + lifetime * (1 - early)
-
-
-def backoff_delay(failures: int, config: TokenConfig, rng: random.Random) -> float:
-    """Seconds to wait after the ``failures``-th consecutive failed login (equal jitter)."""
-    ceiling = min(config.backoff_max, config.backoff_initial * 2.0 ** min(failures - 1, 32))
-    return ceiling / 2 + rng.random() * ceiling / 2
-
-
 @dataclass(eq=False)
 class _Slot:
-    """The pool's state for one account, besides the token itself."""
+    """One account's place in the pool: its login schedule and the login in flight."""
 
     account: Account
-    generation: int = 0
+    schedule: Schedule
     login: asyncio.Task[Token | LoginFailed] | None = None
-    failures: int = 0
-    last_failure: LoginFailed | None = None
-    retry_at: float = 0.0
-    logged_in: bool = False
-    rejected_generation: int = 0  # the last token counted as refused, so it counts once
-    refused_in_a_row: int = 0  # fresh tokens the Webapp refused, without one accepted since
-    # Fresh tokens were refused REFUSALS_TO_FAIL times in a row: until a token is accepted, the
-    # pool is not ready and the background task logs in and checks the token after each backoff.
-    needs_check: bool = False
-
-
-@dataclass(frozen=True)
-class Readiness:
-    """Whether the pool can serve an account now, and why not."""
-
-    ready: bool
-    reason: str
 
 
 @dataclass(eq=False)
@@ -187,49 +136,44 @@ class TokenPool:
     async def token(self, account: Account) -> Token:
         """A valid token for ``account``, logging in first if the pool holds none.
 
-        Raises :class:`TokenUnavailable` while logins fail.
+        Raises :class:`~gateway.errors.TokenUnavailable` while logins fail.
         """
         slot = self._slot(account)
+        schedule = slot.schedule
         now = self.clock.monotonic()
         token = self._tokens.get(account)
         if token is not None:
-            if now >= token.refresh_at and now >= slot.retry_at:
+            if now >= token.refresh_at and now >= schedule.retry_at:
                 self._start_login(slot, "refresh")
             return token
-        if slot.last_failure is not None and now < slot.retry_at:
-            raise self._unavailable(slot, now)
+        if schedule.backing_off(now):
+            raise schedule.unavailable(now)
         outcome = await asyncio.shield(self._start_login(slot, "no_token"))
-        if isinstance(outcome, LoginFailed) and outcome is not slot.last_failure:
+        if isinstance(outcome, LoginFailed) and outcome is not schedule.last_failure:
             # The login joined was a rotation, whose failure does not count: a plain one may work.
             outcome = await asyncio.shield(self._start_login(slot, "no_token"))
         if isinstance(outcome, LoginFailed):
-            raise self._unavailable(slot, self.clock.monotonic())
+            raise schedule.unavailable(self.clock.monotonic())
         return outcome
 
     def report(self, account: Account, token: Token, *, accepted: bool) -> None:
         """Tell the pool whether the Webapp accepted ``token`` (any answer but 401).
 
         A refused token that is the newest one was issued for this very request's replay. It is
-        dropped, so that the next caller logs in afresh; once fresh tokens are refused twice in a
-        row (a revocation racing a login explains one), the Webapp refuses fresh tokens, and each
-        further one counts as a failed login. An accepted token clears all that.
+        dropped, so that the next caller logs in afresh; once fresh tokens are refused in a row,
+        each further one counts as a failed login (see :meth:`Schedule.refused`).
         """
         slot = self._slots.get(account)
-        if slot is None or token.generation != slot.generation:
+        if slot is None:
             return
         if accepted:
-            if slot.refused_in_a_row or slot.needs_check:
-                if slot.needs_check:  # the failures counted meanwhile were all about this
-                    slot.failures, slot.last_failure, slot.retry_at = 0, None, 0.0
-                slot.refused_in_a_row, slot.needs_check = 0, False
+            slot.schedule.accepted(token.generation)
             return
-        if slot.rejected_generation == token.generation:
-            return  # many replays waited for this token: one refusal
-        slot.rejected_generation = token.generation
-        slot.refused_in_a_row += 1
+        refusal = slot.schedule.refused(token.generation)
+        if refusal is Refusal.STALE:
+            return
         self.invalidate(account, token)
-        if slot.refused_in_a_row >= REFUSALS_TO_FAIL:
-            slot.needs_check = True
+        if refusal is Refusal.FAIL:
             failure = TokenRejected(f"The Webapp refused token {token.fingerprint} at once.")
             self._failed(slot, failure, self.clock.monotonic())
 
@@ -259,27 +203,12 @@ class TokenPool:
 
     def readiness(self, account: Account) -> Readiness:
         """Ready while a usable token is held or the last login succeeded."""
-        slot = self._slot(account)
-        failure = slot.last_failure
-        if account in self._tokens and not slot.needs_check:
-            return Readiness(True, "holding a valid token")
-        if failure is not None:
-            breaker = self.breaker(account).name.lower().replace("_", "-")
-            return Readiness(
-                False,
-                f"login failed ({failure.kind}, {slot.failures} in a row, login breaker "
-                f"{breaker}): {failure.details}",
-            )
-        if slot.logged_in:
-            return Readiness(True, "last login succeeded")
-        return Readiness(False, "no token yet: the first login is under way")
+        holding = account in self._tokens
+        return self._slot(account).schedule.readiness(holding, self.clock.monotonic())
 
     def breaker(self, account: Account) -> Breaker:
-        """The login circuit breaker's state, derived from the failures in a row and the backoff."""
-        slot = self._slot(account)
-        if slot.failures < self.config.breaker_threshold:
-            return Breaker.CLOSED
-        return Breaker.OPEN if self.clock.monotonic() < slot.retry_at else Breaker.HALF_OPEN
+        """The login circuit breaker's state."""
+        return self._slot(account).schedule.breaker(self.clock.monotonic())
 
     def seconds_left(self, account: Account) -> float:
         """Seconds until the pooled token of ``account`` expires; 0 without one."""
@@ -311,18 +240,8 @@ class TokenPool:
     def _slot(self, account: Account) -> _Slot:
         slot = self._slots.get(account)
         if slot is None:
-            slot = self._slots[account] = _Slot(account)
+            slot = self._slots[account] = _Slot(account, Schedule(self.config))
         return slot
-
-    def _unavailable(self, slot: _Slot, now: float) -> TokenUnavailable:
-        failure = slot.last_failure
-        cause = "the login failed" if failure is None else f"{failure.details} {failure.advice}"
-        retry_after = max(1.0, slot.retry_at - now)
-        return TokenUnavailable(
-            f"The gateway holds no token for the Webapp: {cause} "
-            f"Next attempt in {math.ceil(retry_after)} s.",
-            retry_after=retry_after,
-        )
 
     def _start_login(self, slot: _Slot, reason: str) -> asyncio.Task[Token | LoginFailed]:
         if slot.login is None:
@@ -369,18 +288,13 @@ class TokenPool:
         return self._failed(slot, failure, sent_at, counts=reason != "rotate")
 
     def _granted(self, slot: _Slot, grant: Grant, sent_at: float, reason: str) -> Token:
-        slot.generation += 1
         token = Token(
             value=grant.token,
-            generation=slot.generation,
+            generation=slot.schedule.granted(),
             expires_at=sent_at + grant.lifetime,
             refresh_at=refresh_time(sent_at, grant.lifetime, self.config, self.rng),
         )
         self._tokens[slot.account] = token
-        slot.logged_in = True
-        # A login proves little while the Webapp refuses fresh tokens: report() clears those.
-        if not slot.needs_check:
-            slot.failures, slot.last_failure, slot.retry_at = 0, None, 0.0
         self.metrics.logins.labels("ok").inc()
         if reason == "refresh":
             self.metrics.refreshes.inc()
@@ -409,7 +323,7 @@ class TokenPool:
                 )
                 return self._failed(slot, failure, self.clock.monotonic())
         self.report(slot.account, token, accepted=accepted)
-        return None if accepted else slot.last_failure
+        return None if accepted else slot.schedule.last_failure
 
     def _failed(
         self, slot: _Slot, failure: LoginFailed, sent_at: float, *, counts: bool = True
@@ -417,38 +331,27 @@ class TokenPool:
         """Record a failed login; unless it ``counts`` not, it arms the backoff and the breaker."""
         delay = 0.0
         if counts:
-            slot.failures += 1
-            slot.last_failure = failure
-            delay = backoff_delay(slot.failures, self.config, self.rng)
-            slot.retry_at = self.clock.monotonic() + delay
+            delay = slot.schedule.failed(failure, self.clock.monotonic(), self.rng)
             self._wake.set()  # the background task retries at the new time
         self.metrics.logins.labels(failure.kind).inc()
         log.warning(
             "token.login_failed",
             kind=failure.kind,
             details=failure.details,
-            attempt=slot.failures,
+            attempt=slot.schedule.failures,
             retry_in_s=round(delay, 1),
             duration_ms=round((self.clock.monotonic() - sent_at) * 1000, 1),
         )
         return failure
 
-    def _due(self, slot: _Slot) -> tuple[float, str]:
-        """When the background task should next log in for ``slot``, and why."""
-        if slot.login is not None:
-            return math.inf, ""
-        if slot.needs_check:
-            return slot.retry_at, "recheck"  # a fresh token, checked before readiness returns
-        token = self._tokens.get(slot.account)
-        if token is None:
-            return slot.retry_at, "no_token"
-        return max(token.refresh_at, slot.retry_at), "refresh"
-
     def _start_due_logins(self, now: float) -> float:
         """Start every login that is due; return when the next one will be."""
         next_due = math.inf
         for slot in list(self._slots.values()):
-            due, reason = self._due(slot)
+            if slot.login is not None:
+                continue
+            token = self._tokens.get(slot.account)
+            due, reason = slot.schedule.due(None if token is None else token.refresh_at)
             if due <= now:
                 self._start_login(slot, reason)
             else:

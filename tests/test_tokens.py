@@ -15,17 +15,9 @@ from gateway.config import TokenConfig
 from gateway.errors import TokenUnavailable
 from gateway.login import BadCredentials, Grant, PasswordChangeRequired, WebappUnavailable
 from gateway.metrics import Metrics
+from gateway.schedule import Breaker, Readiness
 from gateway.secret import Secret
-from gateway.tokens import (
-    Account,
-    Breaker,
-    Readiness,
-    SystemClock,
-    Token,
-    TokenPool,
-    backoff_delay,
-    refresh_time,
-)
+from gateway.tokens import Account, SystemClock, Token, TokenPool
 
 from .conftest import until
 
@@ -267,23 +259,6 @@ async def test_a_crashing_login_function_still_leaves_a_retry_schedule(
         await pool.token(ACCOUNT)
     clock.advance(CONFIG.backoff_initial)
     assert (await pool.token(ACCOUNT)).generation == 1
-
-
-def test_backoff_doubles_from_the_initial_delay_up_to_the_cap_with_jitter() -> None:
-    rng = random.Random(3)
-    for failures in range(1, 12):
-        ceiling = min(30.0, 2.0 ** (failures - 1))
-        delays = [backoff_delay(failures, CONFIG, rng) for _ in range(200)]
-        assert all(ceiling / 2 <= d <= ceiling for d in delays)
-        assert max(delays) - min(delays) > ceiling / 4  # jittered, not fixed
-    assert backoff_delay(10_000, CONFIG, rng) <= 30.0
-
-
-def test_refresh_falls_between_the_margin_and_the_margin_plus_jitter() -> None:
-    rng = random.Random(5)
-    times = [refresh_time(0.0, WEEK, CONFIG, rng) for _ in range(500)]
-    assert all(WEEK * 0.85 <= t <= WEEK * 0.9 for t in times)
-    assert len(set(times)) > 400
 
 
 async def test_readiness_follows_the_pool(pool: TokenPool, logins: Logins) -> None:
