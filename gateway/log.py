@@ -10,6 +10,7 @@ so code must not put one there.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -68,13 +69,19 @@ def redact(_logger: WrappedLogger, _method: str, event: EventDict) -> EventDict:
 
 
 def _clean(key: object, value: object) -> object:
-    if isinstance(key, str) and key.lower().endswith(SENSITIVE_KEY_ENDINGS):
+    if isinstance(key, str) and _sensitive(key):
         return REDACTED
     if isinstance(value, str):
         return scrub(value)
     if value is None or isinstance(value, int | float):
         return value
     return _clean_object(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _sensitive(key: str) -> bool:
+    # Events use a few dozen keys again and again: the verdict is worth remembering.
+    return key.lower().endswith(SENSITIVE_KEY_ENDINGS)
 
 
 def _clean_object(value: object) -> object:
