@@ -116,6 +116,13 @@ class GatewayProcess:
     def event_names(self) -> list[str]:
         return [str(e.get("event")) for e in self.events]
 
+    async def logged(self, event: str, timeout: float = START_TIMEOUT) -> None:  # noqa: ASYNC109
+        """Wait until ``event`` is on stdout: the gateway writes its log from a thread of its
+        own, so a line may follow what the process did (such as answering) by a few ms."""
+        async with asyncio.timeout(timeout):
+            while not self.named(event):
+                await asyncio.sleep(_POLL)
+
     def memory(self) -> Memory:
         """``VmRSS`` and ``VmHWM`` from ``/proc/<pid>/status``."""
         fields: dict[str, int] = {}
@@ -168,6 +175,8 @@ async def running_gateway(
     gateway = GatewayProcess(process, url, stdout_path, stderr_path)
     try:
         await wait_ready(gateway, ready_path)
+        if settings.get("GATEWAY_LOG_LEVEL", "info") in ("debug", "info"):
+            await gateway.logged("gateway.started")  # so the start-up's log is there to read
         yield gateway
     finally:
         if process.returncode is None:
