@@ -113,6 +113,7 @@ def create_app(
     # Read at scrape time, from the one place each value lives.
     metrics.token_expiry.set_function(lambda: pool.seconds_left(webapp.account))
     metrics.login_breaker.set_function(lambda: pool.breaker(webapp.account).value)
+    metrics.upstream_in_use.set_function(lambda: webapp.slots.in_use)
     forwarder = Forwarder(webapp, pool, metrics, config.server, config.webapp.api_key)
     rotator = None
     if (file := config.webapp.password_file) is not None:
@@ -131,7 +132,8 @@ def create_app(
     app.router.add_get("/_gateway/healthz", _healthz, expect_handler=_expect)
     app.router.add_get("/_gateway/readyz", _readyz, expect_handler=_expect)
     app.router.add_get("/_gateway/metrics", _metrics, expect_handler=_expect)
-    app.router.add_route("*", "/{tail:.*}", _proxy, expect_handler=_expect)
+    # [\s\S], not '.': a decoded %0a in the path must reach the policy (and its 400), not a 404.
+    app.router.add_route("*", r"/{tail:[\s\S]*}", _proxy, expect_handler=_expect)
     return app
 
 
@@ -244,6 +246,7 @@ async def _answer(request: web.Request, handler: Handler, exchange: Exchange) ->
         response = await handler(request)
     except GatewayError as error:
         response = error_response(error)
+        exchange.failure = exchange.failure or error.kind or None
         unusable = isinstance(error, RequestTimeout | BadFraming)
     except web.HTTPException as exc:
         response = error_response(_from_http_exception(exc))

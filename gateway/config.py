@@ -76,6 +76,8 @@ class ServerConfig:
     upstream_idle_timeout: float
     connect_timeout: float
     upstream_connections: int
+    upstream_queue_timeout: float
+    max_connections: int
     max_concurrent: int
     max_body: int
     body_memory: int
@@ -175,6 +177,10 @@ SETTINGS: tuple[Setting[object], ...] = (
     ),
     Setting("server", "connect_timeout", "GATEWAY_CONNECT_TIMEOUT", parse.seconds, 10.0),
     Setting("server", "upstream_connections", "GATEWAY_UPSTREAM_CONNECTIONS", parse.count, 100),
+    Setting(
+        "server", "upstream_queue_timeout", "GATEWAY_UPSTREAM_QUEUE_TIMEOUT", parse.seconds, 5.0
+    ),
+    Setting("server", "max_connections", "GATEWAY_MAX_CONNECTIONS", parse.count, 4096),
     Setting("server", "max_concurrent", "GATEWAY_MAX_CONCURRENT", parse.count, 1000),
     Setting("server", "max_body", "GATEWAY_MAX_BODY", parse.size, 100 << 20),
     Setting("server", "body_memory", "GATEWAY_BODY_MEMORY", parse.size, 1 << 20),

@@ -63,27 +63,31 @@ class Forwarder:
             scheme=request.scheme,
         )
         check_declared_size(request.content_length, self.server.max_body)
+        api_key = self.api_key if target.action is Action.FORWARD_APIKEY else None
+        if api_key is None:  # a request bound for a 503 is not worth receiving a body for
+            self.pool.raise_if_unavailable(self.webapp.account)
         body = await self._receive(request)
         exchange.bytes_in = body.size
         try:
             if request.body_exists:
                 headers["Content-Length"] = str(body.size)
             token: Token | None = None
-            if target.action is Action.FORWARD_APIKEY and self.api_key is not None:
-                headers["Authorization"] = f"Apikey {self.api_key.reveal()}"
+            if api_key is not None:
+                headers["Authorization"] = f"Apikey {api_key.reveal()}"
             else:
                 token = await self.pool.token(self.webapp.account)
                 headers["Authorization"] = token.authorization()
-            answer = await self._send(request.method, target, headers, body, exchange)
-            if token is not None:
-                if answer.status == 401:
-                    answer.release()
-                    token = await self._replacement(token)
-                    headers["Authorization"] = token.authorization()
-                    exchange.retried = True
-                    answer = await self._send(request.method, target, headers, body, exchange)
-                self.pool.report(self.webapp.account, token, accepted=answer.status != 401)
-            return await self._relay(request, answer, exchange)
+            async with self.webapp.slots:
+                answer = await self._send(request.method, target, headers, body, exchange)
+                if token is not None:
+                    if answer.status == 401:
+                        answer.release()
+                        token = await self._replacement(token)
+                        headers["Authorization"] = token.authorization()
+                        exchange.retried = True
+                        answer = await self._send(request.method, target, headers, body, exchange)
+                    self.pool.report(self.webapp.account, token, accepted=answer.status != 401)
+                return await self._relay(request, answer, exchange)
         finally:
             body.close()
 
@@ -131,7 +135,6 @@ class Forwarder:
             return await self.webapp.send(method, target.path_qs, headers, body.payload() or None)
         except GatewayError as exc:
             self.metrics.upstream_errors.labels(exc.kind).inc()
-            exchange.failure = exc.kind
             raise
         finally:
             elapsed = time.perf_counter() - started

@@ -84,6 +84,11 @@ class Metrics:
             "Requests being handled now.",
             registry=registry,
         )
+        self.upstream_in_use = Gauge(
+            "wa_gateway_upstream_connections_in_use",
+            "Connections to the Webapp held by forwarded requests now.",
+            registry=registry,
+        )
         self.token_expiry = Gauge(
             "wa_gateway_token_expiry_seconds",
             "Seconds until the pooled token expires (0 when the gateway holds none).",

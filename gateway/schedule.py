@@ -123,9 +123,10 @@ class Schedule:
             return self.retry_at, "no_token"
         return max(refresh_at, self.retry_at), "refresh"
 
-    def backing_off(self, now: float) -> bool:
-        """Whether logins failed and the backoff has not ended."""
-        return self.last_failure is not None and now < self.retry_at
+    @property
+    def failing(self) -> bool:
+        """Whether the last login counted failed (and none succeeded since)."""
+        return self.last_failure is not None
 
     def breaker(self, now: float) -> Breaker:
         """The login circuit breaker, derived from the failures in a row and the backoff."""

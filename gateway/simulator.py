@@ -64,6 +64,7 @@ LoginFaultKind = Literal[
     "reset",
     "invalid_json",
     "empty",
+    "oversized",
     "no_expiry",
     "bad_expiry",
     "iso_expiry",
@@ -81,7 +82,12 @@ LOGIN_PATH = "/v1/users/login"
 _META: Mapping[str, str] = {"version": "v2.45.1", "api_status": "stable"}
 # Faults that replace the whole login answer without processing the login; "lose_answer"
 # processes it and then drops the answer; the other kinds only reshape a normal success.
-_LOGIN_FAILURES = frozenset({"status", "reset", "invalid_json", "empty", "hang"})
+_LOGIN_FAILURES = frozenset({"status", "reset", "invalid_json", "empty", "oversized", "hang"})
+# A well-formed login answer but for its size: a megabyte of padding.
+_OVERSIZED = (
+    b'{"users": [{"token": "t", "expires_after": "2099-01-01 00:00:00+00:00"}], '
+    b'"meta": {"padding": "' + b"x" * (1 << 20) + b'"}}'
+)
 _APIKEY_ENDPOINTS = frozenset(
     {("GET", "/v1/health"), ("GET", "/metrics"), ("GET", "/v1/stats/app"), ("GET", "/v1/stats/db")}
 )
@@ -151,9 +157,10 @@ class TokenRecord:
 class LoginFault:
     """What one login attempt does instead of behaving normally.
 
-    ``status``, ``reset``, ``invalid_json``, ``empty`` and ``hang`` replace the answer without
-    looking at the credentials. ``no_expiry``, ``bad_expiry``, ``iso_expiry``, ``expired`` and
-    ``no_date`` only reshape a success: the credentials and ``new_password`` are still checked.
+    ``status``, ``reset``, ``invalid_json``, ``empty``, ``oversized`` and ``hang`` replace the
+    answer without looking at the credentials. ``no_expiry``, ``bad_expiry``, ``iso_expiry``,
+    ``expired`` and ``no_date`` only reshape a success: the credentials and ``new_password``
+    are still checked.
     ``lose_answer`` processes the login completely (credentials checked, ``new_password``
     applied, token issued and valid) and then hangs up instead of answering, as ``reset`` does:
     a password change whose answer never reaches the client. A login that fails is hung up on
@@ -811,6 +818,8 @@ class Simulator:
                 return web.Response(text="<html>Bad Gateway</html>", content_type="text/html")
             case "empty":
                 return web.Response()
+            case "oversized":  # a megabyte, where a login answer is a few hundred bytes
+                return web.Response(body=_OVERSIZED, content_type="application/json")
             case "hang":
                 await self._pause(request, math.inf)
         # "reset", and a "hang" that ended because the client or the app went away.

@@ -146,7 +146,12 @@ class TokenPool:
             if now >= token.refresh_at and now >= schedule.retry_at:
                 self._start_login(slot, "refresh")
             return token
-        if schedule.backing_off(now):
+        if schedule.failing:
+            # Retries are the background task's. A caller that finds the backoff over starts one
+            # (covering a missed background slot) but waits for none: against a Webapp that
+            # hangs, that wait would last GATEWAY_LOGIN_TIMEOUT.
+            if now >= schedule.retry_at:
+                self._start_login(slot, schedule.due(None)[1])
             raise schedule.unavailable(now)
         outcome = await asyncio.shield(self._start_login(slot, "no_token"))
         if isinstance(outcome, LoginFailed) and outcome is not schedule.last_failure:
@@ -155,6 +160,13 @@ class TokenPool:
         if isinstance(outcome, LoginFailed):
             raise schedule.unavailable(self.clock.monotonic())
         return outcome
+
+    def raise_if_unavailable(self, account: Account) -> None:
+        """Raise the :class:`~gateway.errors.TokenUnavailable` that :meth:`token` would raise
+        now: so that a caller can refuse before it receives a large body."""
+        schedule = self._slot(account).schedule
+        if account not in self._tokens and schedule.failing:
+            raise schedule.unavailable(self.clock.monotonic())
 
     def report(self, account: Account, token: Token, *, accepted: bool) -> None:
         """Tell the pool whether the Webapp accepted ``token`` (any answer but 401).

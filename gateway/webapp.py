@@ -20,12 +20,17 @@ from .login import BadCredentials, Grant, InvalidLoginAnswer, WebappUnavailable,
 from .passwords import PasswordFile
 from .rotation import log_in
 from .secret import Secret
+from .slots import Slots
 from .tokens import Account, Clock, SystemClock, Token
 
 LOGIN_PATH = "/v1/users/login"
 CHECK_PATH = "/v1/health"
 # A login answer is a few hundred bytes; anything much larger is not one.
 MAX_LOGIN_ANSWER = 64 * 1024
+# Connections beyond GATEWAY_UPSTREAM_CONNECTIONS, kept for logins and token checks: forwarded
+# requests never take them (see Slots), so a pool full of slow downloads cannot hold up the
+# login that every request depends on.
+AUTH_CONNECTIONS = 2
 
 
 def ssl_context(config: Config) -> ssl.SSLContext | bool:
@@ -103,12 +108,15 @@ class Webapp:
         self._session: aiohttp.ClientSession | None = None
         file = config.webapp.password_file
         self._password_file = None if file is None else PasswordFile(file)
+        server = config.server
+        # Forwarded requests hold one of these from sending until their answer has streamed back.
+        self.slots = Slots(server.upstream_connections, server.upstream_queue_timeout)
 
     async def open(self) -> None:
         """Create the connection pool (inside the running loop)."""
         server = self.config.server
         connector = aiohttp.TCPConnector(
-            limit=server.upstream_connections,
+            limit=server.upstream_connections + AUTH_CONNECTIONS,
             ssl=ssl_context(self.config),
         )
         self._session = aiohttp.ClientSession(
@@ -143,19 +151,29 @@ class Webapp:
         headers: CIMultiDict[str],
         body: bytes | AsyncIterator[bytes] | None,
     ) -> aiohttp.ClientResponse:
-        """Send one request; the caller owns (and must release) the response.
+        """Send one request; the caller holds one of :attr:`slots` and owns (and must release)
+        the response.
 
         Raises :class:`~gateway.errors.GatewayError` with ``kind`` set when no response came.
         """
         url = URL(self._base + path_qs, encoded=True)
         try:
-            # From sending (a wait for a pooled connection included) to the response headers.
+            # From sending to the response headers.
             async with asyncio.timeout(self.config.server.upstream_timeout):
-                return await self.session.request(
+                response = await self.session.request(
                     method, url, headers=headers, data=body, allow_redirects=False
                 )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise translate(exc) from exc
+        if response.status < 200:
+            # aiohttp hands back a 101 as if final; the connection no longer speaks HTTP, and a
+            # front proxy that saw the 101 would tunnel whatever the client sends next.
+            response.close()
+            raise WebappUnreachable(
+                f"The Webapp answered with the interim status {response.status}.",
+                kind="invalid_response",
+            )
+        return response
 
     async def check(self, account: Account, token: Token) -> bool:
         """Whether the Webapp accepts ``token``: anything but 401 to ``GET /v1/health`` (the

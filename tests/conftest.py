@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import os
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
+from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import GATEWAY, Gateway, create_app
@@ -115,8 +116,10 @@ class Rig:
 
     @property
     def secrets(self) -> list[str]:
-        """Every secret this rig used: none may appear in logs or answers."""
-        return [PASSWORD, API_KEY, *self.sim.issued_tokens]
+        """Every secret this rig used: none may appear in logs or answers. The password also as
+        the gateway's Basic credential, which carries it base64-encoded."""
+        basic = base64.b64encode(f"{self.config.webapp.username}:{PASSWORD}".encode()).decode()
+        return [PASSWORD, basic, API_KEY, *self.sim.issued_tokens]
 
 
 MakeRig = Callable[..., Awaitable[Rig]]
@@ -146,6 +149,24 @@ def make_rig(aiohttp_server: Any, aiohttp_client: Any, logs: Logs) -> MakeRig:
         return Rig(sim, webapp, client, config, logs)
 
     return make
+
+
+async def error_of(response: ClientResponse) -> dict[str, object]:
+    """The gateway's WhatsApp-style error in ``response``, checked for shape."""
+    document = await response.json()
+    assert response.headers["X-Request-ID"]
+    assert document["meta"]["version"].startswith("wa-gateway")
+    error: dict[str, object] = document["errors"][0]
+    return error
+
+
+async def warmed(make_rig: MakeRig, **env: str) -> Rig:
+    """A rig whose gateway already holds a token, so failures are about the request itself."""
+    rig = await make_rig(env=env)
+    async with rig.client.post("/v1/messages", json=MESSAGE) as response:
+        assert response.status == 201
+    rig.sim.seen.clear()
+    return rig
 
 
 @pytest.fixture

@@ -9,24 +9,7 @@ import pytest
 
 from gateway.simulator import Fault
 
-from .conftest import MESSAGE, MakeRig, Rig
-
-
-async def error_of(response: aiohttp.ClientResponse) -> dict[str, object]:
-    document = await response.json()
-    assert response.headers["X-Request-ID"]
-    assert document["meta"]["version"].startswith("wa-gateway")
-    error: dict[str, object] = document["errors"][0]
-    return error
-
-
-async def warmed(make_rig: MakeRig, **env: str) -> Rig:
-    """A rig whose gateway already holds a token, so failures are about the request itself."""
-    rig = await make_rig(env=env)
-    async with rig.client.post("/v1/messages", json=MESSAGE) as response:
-        assert response.status == 201
-    rig.sim.seen.clear()
-    return rig
+from .conftest import MESSAGE, MakeRig, Rig, error_of, warmed
 
 
 async def test_an_unreachable_webapp_gives_502(make_rig: MakeRig) -> None:
@@ -173,3 +156,19 @@ async def test_a_connection_that_cannot_be_opened_in_time_gives_502_not_504(
         for filler in fillers:
             filler.close()
         full.close()
+
+
+async def test_an_interim_status_from_the_webapp_gives_502_not_a_protocol_switch(
+    make_rig: MakeRig,
+) -> None:
+    """aiohttp hands a 101 back as if it were final; relayed, it would tell a front proxy to
+    tunnel whatever the client sends next past the gateway's checks."""
+    rig = await warmed(make_rig)
+    rig.sim.faults = [Fault("status", path="/v1/messages", status=101)]
+    async with rig.client.post("/v1/messages", json=MESSAGE) as response:
+        assert response.status == 502
+        assert "interim status 101" in str((await error_of(response))["details"])
+    (event,) = [e for e in rig.logs.named("request.completed") if e["status"] == 502]
+    assert event["failure"] == "invalid_response"
+    async with rig.client.post("/v1/messages", json=MESSAGE) as response:
+        assert response.status == 201

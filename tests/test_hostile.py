@@ -424,6 +424,9 @@ CASES: list[Case] = [
     Case("raw-backslash", http(b"GET /v1\\..\\users HTTP/1.1"), 400, closes=False),
     Case("dot-dot-semicolon", http(b"GET /v1/..;/v1/users/admin HTTP/1.1"), 400, closes=False),
     Case("encoded-nul", http(b"GET /v1/health%00 HTTP/1.1"), 400, closes=False),
+    # The router's pattern must match a decoded newline too, or the policy never sees the path.
+    Case("encoded-line-feed", http(b"GET /v1/health%0a HTTP/1.1"), 400, closes=False),
+    Case("encoded-line-feed-users", http(b"GET /v1/users%0a/admin HTTP/1.1"), 400, closes=False),
     Case("encoded-non-utf8", http(b"GET /v1/%ff HTTP/1.1"), 400, closes=False),
     Case("encoded-overlong-dots", http(b"GET /v1/%c0%ae%c0%ae/users HTTP/1.1"), 400, closes=False),
     Case("raw-non-utf8", http(b"GET /v1/\xff HTTP/1.1"), 400),

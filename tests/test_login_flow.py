@@ -9,9 +9,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.simulator import LoginFault
+from gateway.simulator import LoginFault, Simulator
 
-from .conftest import MESSAGE, PASSWORD, MakeRig, Rig, until
+from .conftest import API_KEY, MESSAGE, PASSWORD, MakeRig, Rig, until
+from .rawhttp import Connection
 
 
 async def send_messages(rig: Rig, count: int) -> list[int]:
@@ -112,6 +113,54 @@ async def test_wrong_credentials_give_fast_503s_and_backed_off_retries(make_rig:
     assert 1 <= retry_after <= 5
     assert rig.sim.login_attempts == 1  # not one login per request
     assert rig.sim.seen_on("/v1/messages") == []
+
+
+async def test_while_logins_fail_requests_never_wait_for_a_retry_that_hangs(
+    make_rig: MakeRig,
+) -> None:
+    """The retry after a failed login hangs (until GATEWAY_LOGIN_TIMEOUT, 30 s); requests meanwhile
+    get their 503 at once instead of joining it."""
+    sim = Simulator(password=PASSWORD, password_change_required=False, api_key=API_KEY)
+    sim.login_script.extend([LoginFault("status", status=500), LoginFault("hang")])
+    rig = await make_rig(
+        sim=sim,
+        env={
+            "GATEWAY_LOGIN_BACKOFF_INITIAL": "0.05",
+            "GATEWAY_LOGIN_BACKOFF_MAX": "0.05",
+            "GATEWAY_LOGIN_TIMEOUT": "30",
+        },
+    )
+    await until(lambda: sim.login_attempts == 2)  # the retry, hanging
+    async with asyncio.timeout(10):  # well short of the 30 s a joined retry would take
+        statuses = await send_messages(rig, 20)
+    assert statuses == [503] * 20
+    assert sim.login_attempts == 2
+    assert sim.seen_on("/v1/messages") == []
+
+
+async def test_while_logins_back_off_an_upload_is_refused_before_its_body_is_read(
+    make_rig: MakeRig,
+) -> None:
+    """The 503 comes as soon as the headers are in: the 90 MiB announced are never waited for."""
+    rig = await make_rig(
+        env={
+            "WA_PASSWORD": "Wrong-pass-1!",
+            "GATEWAY_LOGIN_BACKOFF_INITIAL": "30",
+            "GATEWAY_LOGIN_BACKOFF_MAX": "30",
+        }
+    )
+    await until(lambda: rig.sim.login_attempts == 1)
+    await until(lambda: not rig.gateway.pool.readiness(rig.gateway.webapp.account).ready)
+    head = (
+        b"POST /v1/media HTTP/1.1\r\nHost: gateway\r\nContent-Type: image/jpeg\r\n"
+        b"Content-Length: 94371840\r\n\r\n"
+    )
+    async with Connection(rig.client.port, timeout=5) as conn:
+        await conn.send(head + b"x" * 1024)
+        answer = await conn.response()
+    assert answer.status == 503
+    assert b"refused the gateway's credentials" in answer.body
+    assert rig.sim.seen_on("/v1/media") == []
 
 
 async def test_the_gateway_recovers_by_itself_once_the_password_is_fixed_in_its_file(

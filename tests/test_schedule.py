@@ -42,8 +42,7 @@ def test_a_failure_arms_the_backoff_and_a_login_clears_it() -> None:
     schedule = Schedule(CONFIG)
     delay = schedule.failed(WebappUnavailable("down"), 100.0, random.Random(1))
     assert 0.5 <= delay <= 1.0
-    assert schedule.backing_off(100.0)
-    assert not schedule.backing_off(100.0 + delay)
+    assert schedule.failing
     assert schedule.due(None) == (100.0 + delay, "no_token")
     assert schedule.unavailable(100.0).retry_after == 1.0  # never less than a second
     assert schedule.granted() == 1

@@ -90,6 +90,15 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def after_retry(pool: TokenPool) -> Token:
+    """The token from the retry that a caller starts once the backoff is over: that caller gets
+    its 503 at once, without waiting for the login."""
+    with pytest.raises(TokenUnavailable):
+        await pool.token(ACCOUNT)
+    await settle()
+    return await pool.token(ACCOUNT)
+
+
 async def test_a_thousand_concurrent_callers_on_a_cold_pool_cause_one_login(
     pool: TokenPool, logins: Logins
 ) -> None:
@@ -212,8 +221,28 @@ async def test_a_failed_login_gives_callers_a_fast_503_until_the_backoff_ends(
     assert "WA_PASSWORD" in fast.value.details
     assert 1 <= int(fast.value.headers()["Retry-After"]) <= 1  # first backoff is 0.5 to 1 s
     clock.advance(1.0)
-    assert (await pool.token(ACCOUNT)).generation == 1
+    assert (await after_retry(pool)).generation == 1
     assert logins.calls == 2
+
+
+async def test_callers_never_wait_for_a_retry_under_way(
+    pool: TokenPool, logins: Logins, clock: FakeClock
+) -> None:
+    """Against a Webapp whose logins hang, a wait for the retry would last the login timeout."""
+    logins.failures = [WebappUnavailable("answered 503")]
+    with pytest.raises(TokenUnavailable):
+        await pool.token(ACCOUNT)
+    clock.advance(CONFIG.backoff_initial)
+    logins.gate = asyncio.Event()  # the retry hangs
+    for _ in range(20):
+        with pytest.raises(TokenUnavailable) as raised:
+            await pool.token(ACCOUNT)
+        await settle()
+    assert logins.calls == 2  # the one retry, started by the first caller after the backoff
+    assert raised.value.headers()["Retry-After"] == "1"
+    logins.gate.set()
+    await settle()
+    assert (await pool.token(ACCOUNT)).generation == 1
 
 
 @pytest.mark.parametrize(
@@ -258,7 +287,7 @@ async def test_a_crashing_login_function_still_leaves_a_retry_schedule(
     with pytest.raises(TokenUnavailable):
         await pool.token(ACCOUNT)
     clock.advance(CONFIG.backoff_initial)
-    assert (await pool.token(ACCOUNT)).generation == 1
+    assert (await after_retry(pool)).generation == 1
 
 
 async def test_readiness_follows_the_pool(pool: TokenPool, logins: Logins) -> None:
@@ -355,32 +384,39 @@ async def test_the_breaker_opens_after_failures_in_a_row_and_half_opens_after_th
     for attempt in range(3):
         assert pool.breaker(ACCOUNT) is Breaker.CLOSED
         with pytest.raises(TokenUnavailable):
-            await pool.token(ACCOUNT)
+            await pool.token(ACCOUNT)  # the first caller's login, then each retry's caller
+        await settle()
         if attempt < 2:
             clock.advance(CONFIG.backoff_max)
     assert pool.breaker(ACCOUNT) is Breaker.OPEN
     assert "login breaker open" in pool.readiness(ACCOUNT).reason
     clock.advance(CONFIG.backoff_max)
     assert pool.breaker(ACCOUNT) is Breaker.HALF_OPEN
-    await pool.token(ACCOUNT)  # the trial login succeeds
+    await after_retry(pool)  # the trial login succeeds
     assert pool.breaker(ACCOUNT) is Breaker.CLOSED
     assert pool.readiness(ACCOUNT).ready
 
 
 async def test_refused_fresh_tokens_open_the_breaker_until_a_token_is_accepted(
-    pool: TokenPool, clock: FakeClock
+    logins: Logins, clock: FakeClock
 ) -> None:
+    verdicts = [False, False, True]  # what the Webapp says of each retry's token when checked
+
+    async def check(account: Account, token: Token) -> bool:
+        return verdicts.pop(0)
+
+    pool = TokenPool(logins, CONFIG, Metrics(), clock, random.Random(7), check)
     await refuse_fresh_tokens(pool, 2)  # the first failure
     for _ in range(2):  # two more, each after the backoff of the one before
         clock.advance(CONFIG.backoff_max)
-        await refuse_fresh_tokens(pool, 1)
+        with pytest.raises(TokenUnavailable):
+            await after_retry(pool)
     assert pool.breaker(ACCOUNT) is Breaker.OPEN
     clock.advance(CONFIG.backoff_max)
-    token = await pool.token(ACCOUNT)
-    assert pool.breaker(ACCOUNT) is Breaker.HALF_OPEN  # a login alone proves nothing here
-    pool.report(ACCOUNT, token, accepted=True)
+    await after_retry(pool)
     assert pool.breaker(ACCOUNT) is Breaker.CLOSED
     assert pool.readiness(ACCOUNT).ready
+    await pool.close()
 
 
 async def test_while_refused_tokens_back_off_callers_get_fast_503s(
