@@ -75,7 +75,7 @@ LoginFaultKind = Literal[
     "late",
 ]
 FaultKind = Literal[
-    "status", "reset_before", "reset_after", "cut_body", "stall", "trickle", "delay"
+    "status", "reset_before", "reset_after", "cut_body", "stall", "trickle", "delay", "slow_read"
 ]
 
 LOGIN_PATH = "/v1/users/login"
@@ -183,7 +183,9 @@ class Fault:
     """A fault for non-login requests whose path starts with ``path`` (and method matches).
 
     Each match uses one of ``times`` (``None``: forever); the simulator replaces the entry in
-    ``Simulator.faults`` by one with the remaining count and drops it at zero.
+    ``Simulator.faults`` by one with the remaining count and drops it at zero. ``delay`` is the
+    pause of ``delay`` and ``trickle`` (before each byte of the answer) and of ``slow_read``
+    (before each 64 KiB of the request body is read; then it answers 200).
     """
 
     kind: FaultKind
@@ -652,7 +654,9 @@ class Simulator:
                 return fault
         return None
 
-    async def _apply_fault(self, request: web.Request, fault: Fault) -> web.StreamResponse | None:
+    async def _apply_fault(  # noqa: PLR0911 - one answer per fault kind
+        self, request: web.Request, fault: Fault
+    ) -> web.StreamResponse | None:
         """Answer as the fault says, or return None to let the request proceed normally."""
         match fault.kind:
             case "status":
@@ -671,6 +675,8 @@ class Simulator:
                 return _hang_up(request)
             case "trickle":
                 return await self._trickle(request, fault.delay)
+            case "slow_read":
+                return await self._slow_read(request, fault.delay)
             case "delay":  # pragma: no branch - the kinds are exhaustive
                 return None if await self._pause(request, fault.delay) else _hang_up(request)
 
@@ -687,6 +693,14 @@ class Simulator:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), min(remaining, _POLL))
         return False
+
+    async def _slow_read(self, request: web.Request, delay: float) -> web.StreamResponse:
+        """Take the body steadily but slowly, then answer."""
+        async with contextlib.aclosing(_body_chunks(request)) as chunks:
+            async for _chunk in chunks:
+                if not await self._pause(request, delay):
+                    return _hang_up(request)
+        return _answer({})
 
     async def _cut_body(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: "application/octet-stream"})

@@ -15,6 +15,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .config import Config
+from .deadlines import extend
 from .errors import GatewayError, WebappTimeout, WebappUnreachable
 from .login import BadCredentials, Grant, InvalidLoginAnswer, WebappUnavailable, parse_login
 from .passwords import PasswordFile
@@ -157,9 +158,12 @@ class Webapp:
         Raises :class:`~gateway.errors.GatewayError` with ``kind`` set when no response came.
         """
         url = URL(self._base + path_qs, encoded=True)
+        silence = self.config.server.upstream_timeout
         try:
-            # From sending to the response headers.
-            async with asyncio.timeout(self.config.server.upstream_timeout):
+            # From sending to the response headers, moved on while the Webapp takes the body.
+            async with asyncio.timeout(silence) as deadline:
+                if body is not None and not isinstance(body, bytes):
+                    body = _moving(deadline, silence, body)
                 response = await self.session.request(
                     method, url, headers=headers, data=body, allow_redirects=False
                 )
@@ -225,6 +229,19 @@ class Webapp:
                 return parse_login(response.status, response.headers.get("Date"), answer, local_now)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise WebappUnavailable(f"Login: {translate(exc).details}") from exc
+
+
+async def _moving(
+    deadline: asyncio.Timeout, silence: float, chunks: AsyncIterator[bytes]
+) -> AsyncIterator[bytes]:
+    """``chunks``, moving ``deadline`` to ``silence`` seconds after each is asked for: aiohttp
+    asks for the next chunk once the connection took the last one, so a Webapp that keeps taking
+    a large body is not silent, however long the upload lasts."""
+    loop = asyncio.get_running_loop()
+    async for chunk in chunks:
+        extend(deadline, loop.time() + silence, silence)
+        yield chunk
+    extend(deadline, loop.time() + silence, silence)  # then the silence before the answer
 
 
 async def _read_capped(content: aiohttp.StreamReader, limit: int) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import socket
 
 import aiohttp
@@ -172,3 +173,17 @@ async def test_an_interim_status_from_the_webapp_gives_502_not_a_protocol_switch
     assert event["failure"] == "invalid_response"
     async with rig.client.post("/v1/messages", json=MESSAGE) as response:
         assert response.status == 201
+
+
+async def test_a_webapp_that_keeps_taking_a_large_upload_is_not_timed_out(
+    make_rig: MakeRig,
+) -> None:
+    """GATEWAY_UPSTREAM_TIMEOUT is for silence: an upload the Webapp takes steadily for longer
+    than that (32 MiB at some 16 MiB/s, with a timeout of 1 s) goes through whole."""
+    rig = await warmed(make_rig, GATEWAY_UPSTREAM_TIMEOUT="1")
+    rig.sim.faults = [Fault("slow_read", path="/v1/media", delay=0.004)]
+    size = 32 << 20
+    async with rig.client.post("/v1/media", data=io.BytesIO(b"m" * size)) as response:
+        assert response.status == 200
+    (upload,) = rig.sim.seen_on("/v1/media")
+    assert upload.body_size == size
