@@ -38,10 +38,13 @@ def check_health(config: Config) -> bool:
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
+    # No proxy: urlopen would follow HTTP_PROXY and its kin, which a container may well have set
+    # for its outbound traffic, and ask the proxy for a loopback address.
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+    )
     try:
-        with urllib.request.urlopen(  # noqa: S310 - the URL is built above, http(s) only
-            health_url(config), timeout=TIMEOUT, context=context
-        ) as response:
+        with opener.open(health_url(config), timeout=TIMEOUT) as response:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False

@@ -372,8 +372,14 @@ async def test_healthcheck_exits_0_while_the_gateway_answers_and_1_once_it_is_go
     aiohttp_server: AiohttpServer, tmp_path: Path
 ) -> None:
     _, webapp_url = await start_simulator(aiohttp_server)
+    # A container's proxy for outbound traffic (here, one that is not there) is never asked.
+    proxy = "http://127.0.0.1:9"
     async with serve_gateway(webapp_url, tmp_path) as process:
-        env = {**BASE, "GATEWAY_LISTEN": process.url.removeprefix("http://")}
+        env = {
+            **BASE,
+            "GATEWAY_LISTEN": process.url.removeprefix("http://"),
+            **dict.fromkeys(("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"), proxy),
+        }
         running = await asyncio.to_thread(gateway, "healthcheck", env=env, cwd=tmp_path)
     gone = await asyncio.to_thread(gateway, "healthcheck", env=env, cwd=tmp_path)
     assert (running.returncode, gone.returncode) == (0, 1)

@@ -12,7 +12,7 @@ import contextlib
 import datetime
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,10 @@ from pytest_aiohttp import AiohttpServer
 
 from gateway.app import GATEWAY, create_app
 from gateway.config import Config, ConfigError, describe
+from gateway.healthcheck import check_health
 from gateway.server import serve
 from gateway.simulator import Simulator
+from gateway.values import Address
 
 from .conftest import API_KEY, MESSAGE, PASSWORD, GatewayTestServer, Logs, gateway_config
 from .processes import start_simulator
@@ -271,6 +273,23 @@ async def test_listener_with_tls_answers_https_and_forwards_with_x_forwarded_pro
     assert started["url"] == url
     [message] = sim.seen_on("/v1/messages")
     assert message.headers["X-Forwarded-Proto"] == "https"
+
+
+async def test_healthcheck_speaks_tls_to_a_tls_listener_whatever_its_certificate_names(
+    aiohttp_server: AiohttpServer, listener_files: dict[str, str], logs: Logs
+) -> None:
+    """The container's HEALTHCHECK reads the same configuration: it asks over TLS, and does not
+    check a certificate issued to the service's name (here, one from a CA it does not know)."""
+    _, webapp_url = await start_simulator(aiohttp_server)
+    config = gateway_config(webapp_url, GATEWAY_LISTEN="127.0.0.1:0", **listener_files)
+    async with serving(config) as url:
+        port = int(url.rsplit(":", 1)[1])
+        listening = replace(
+            config, server=replace(config.server, listen=Address("127.0.0.1", port))
+        )
+        assert await asyncio.to_thread(check_health, listening)
+        plain = replace(listening, server=replace(listening.server, tls_cert_file=None))
+        assert not await asyncio.to_thread(check_health, plain)
 
 
 async def test_listener_with_tls_refuses_plain_http(
