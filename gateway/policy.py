@@ -5,8 +5,8 @@
 to the Webapp, or raises a :class:`~gateway.errors.Refused`. Normalising means: only RFC 3986
 characters, escapes of unreserved characters decoded and the others upper-cased, ``.`` and ``..``
 segments resolved, repeated slashes merged; escaped slashes, backslashes, control characters and
-non-UTF-8 paths are refused rather than guessed at. An absolute-form target contributes its path
-and query only: the gateway has exactly one destination.
+anything beyond ASCII are refused rather than guessed at. An absolute-form target contributes its
+path and query only: the gateway has exactly one destination.
 
 The rules are matched against a key that is the strictest reading any server might give the path:
 percent-decoded, lower-cased and without ``;parameters``, so that neither a case-insensitive router
@@ -160,10 +160,10 @@ def normalise_path(raw_path: str) -> str:
         if _BAD_ESCAPE.search(raw_path):
             raise BadRequest("The path holds a malformed percent-escape.")
         path = _ESCAPE.sub(_normalise_escape, raw_path)
-        try:
-            unquote_to_bytes(path).decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadRequest("The path is not UTF-8 once percent-decoded.") from None
+        if not unquote_to_bytes(path).isascii():
+            # The Webapp's API has no such path, and a router that folds case or compatibility
+            # forms (U+017F long s to s, U+FF55 fullwidth u to u) would read them as /v1/users.
+            raise BadRequest("The path holds characters beyond ASCII once percent-decoded.")
     else:
         path = raw_path
     segments: list[str] = []
@@ -183,7 +183,7 @@ _DOT_OR_EMPTY = frozenset({"", ".", ".."})
 
 def _matching_key(path: str) -> str:
     """The normalised ``path`` as the most lenient server would route it (module docstring)."""
-    key = unquote(path).lower()  # normalise_path has checked that it decodes as UTF-8
+    key = unquote(path).lower()  # normalise_path has checked that it decodes to ASCII
     if ";" not in key:
         return key
     segments = []
