@@ -249,10 +249,16 @@ def fraction(value: object) -> float:
     return number
 
 
+# Beyond these, aiohttp's C parser overflows and drops every connection without a word: far
+# above any sane setting, so a typo with extra digits is refused at start-up instead.
+MAX_COUNT = 2**31 - 1
+MAX_SIZE = 1 << 50  # 1PiB
+
+
 def count(value: object) -> int:
     number = _number(value)
-    if number != int(number) or number < 1:
-        raise Invalid("must be a whole number above 0")
+    if number != int(number) or not 1 <= number <= MAX_COUNT:
+        raise Invalid(f"must be a whole number from 1 to {MAX_COUNT}")
     return int(number)
 
 
@@ -269,6 +275,8 @@ def size(value: object) -> int:
         raise Invalid(_SIZE_HINT)
     if size < 1:
         raise Invalid("must be at least 1 byte")
+    if size > MAX_SIZE:
+        raise Invalid("must be at most 1PiB")
     return size
 
 

@@ -339,14 +339,20 @@ def test_fraction_refuses_one_and_beyond(given: str) -> None:
     )
 
 
-@pytest.mark.parametrize(("given", "expected"), [("1", 1), ("250", 250)])
+@pytest.mark.parametrize(
+    ("given", "expected"), [("1", 1), ("250", 250), (str(2**31 - 1), 2**31 - 1)]
+)
 def test_count_accepts_whole_numbers_above_zero(given: str, expected: int) -> None:
     assert load(GATEWAY_UPSTREAM_CONNECTIONS=given).server.upstream_connections == expected
 
 
-@pytest.mark.parametrize("given", ["0", "-3", "2.5", "many"])
-def test_count_refuses_zero_fractions_and_words(given: str) -> None:
-    assert "GATEWAY_UPSTREAM_CONNECTIONS" in problem(GATEWAY_UPSTREAM_CONNECTIONS=given)
+@pytest.mark.parametrize("given", ["0", "-3", "2.5", "many", str(2**31), str(2**64)])
+def test_count_refuses_zero_fractions_words_and_overflows(given: str) -> None:
+    """Overflows: aiohttp's C parser would drop every connection without a word."""
+    assert problem(GATEWAY_MAX_HEADERS=given) in (
+        "GATEWAY_MAX_HEADERS (server.max_headers): must be a whole number from 1 to 2147483647",
+        "GATEWAY_MAX_HEADERS (server.max_headers): must be a number",
+    )
 
 
 @pytest.mark.parametrize(
@@ -360,6 +366,7 @@ def test_count_refuses_zero_fractions_and_words(given: str) -> None:
         ("100mib", 100 << 20),
         ("1GiB", 1 << 30),
         (" 3 GIB ", 3 << 30),
+        ("1048576GiB", 1 << 50),
     ],
 )
 def test_size_accepts_bytes_kib_mib_and_gib(given: str, expected: int) -> None:
@@ -373,6 +380,13 @@ def test_size_accepts_bytes_kib_mib_and_gib(given: str, expected: int) -> None:
 def test_size_refuses_other_units_fractions_and_zero(given: str) -> None:
     assert problem(GATEWAY_BODY_MEMORY=given).startswith(
         "GATEWAY_BODY_MEMORY (server.body_memory): "
+    )
+
+
+@pytest.mark.parametrize("given", ["1048577GiB", str(2**64)])
+def test_size_refuses_more_than_a_pebibyte(given: str) -> None:
+    assert problem(GATEWAY_MAX_HEADER=given) == (
+        "GATEWAY_MAX_HEADER (server.max_header): must be at most 1PiB"
     )
 
 
