@@ -1,0 +1,453 @@
+"""The gateway's one client session toward the Webapp: what it must never add, keep or follow.
+
+Each test puts a tiny real Webapp (a few-line ``web.Application`` on ``aiohttp_server`` that
+records what reaches it) behind a real gateway and counts what arrives where. The Webapp is
+addressed as ``localhost``, not ``127.0.0.1``: aiohttp's default cookie jar ignores cookies from
+IP addresses, which would hide a gateway that kept the Webapp's cookies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from multidict import CIMultiDictProxy
+from pytest_aiohttp import AiohttpClient, AiohttpServer
+
+from gateway.app import create_app
+from gateway.simulator import Simulator
+from gateway.webapp import AUTH_CONNECTIONS
+
+from . import rawhttp
+from .conftest import API_KEY, MESSAGE, PASSWORD, GatewayTestServer, MakeRig, gateway_config, until
+
+LOGIN_PATH = "/v1/users/login"
+# Paths the gateway sends with the API key: they need no login at the tiny Webapp.
+API_KEY_PATHS = ("/v1/health", "/metrics", "/v1/stats/app")
+Answer = Callable[[web.Request], Awaitable[web.StreamResponse]]
+GatewayClient = TestClient[web.Request, None]  # what aiohttp_client gives for a test server
+
+
+async def ok(_request: web.Request) -> web.StreamResponse:
+    return web.json_response({"meta": {"api_status": "stable"}})
+
+
+@dataclass(frozen=True)
+class Received:
+    """One request as it reached the tiny Webapp."""
+
+    method: str
+    path_qs: str
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+
+@dataclass
+class TinyWebapp:
+    """A login that always works, ``answer`` for every other request, and a record of those."""
+
+    answer: Answer = ok
+    seen: list[Received] = field(default_factory=list)
+    logins: int = 0
+
+    async def _login(self, _request: web.Request) -> web.StreamResponse:
+        self.logins += 1
+        user = {"token": f"tiny-token-{self.logins}", "expires_after": "2099-01-01 00:00:00+00:00"}
+        return web.json_response({"users": [user]})
+
+    async def _any(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.seen.append(Received(request.method, request.raw_path, request.headers, body))
+        return await self.answer(request)
+
+    def make_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post(LOGIN_PATH, self._login)
+        app.router.add_route("*", "/{tail:.*}", self._any)
+        return app
+
+
+async def gateway_before(
+    webapp: web.Application,
+    aiohttp_server: AiohttpServer,
+    aiohttp_client: AiohttpClient,
+    **env: str,
+) -> GatewayClient:
+    """A gateway in front of ``webapp`` (served on 127.0.0.1, addressed as ``localhost``)."""
+    server = await aiohttp_server(webapp, host="127.0.0.1")
+    config = gateway_config(f"http://localhost:{server.port}", **env)
+    return await aiohttp_client(GatewayTestServer(create_app(config)))
+
+
+@pytest.fixture
+async def plain() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client that keeps no cookies and decompresses nothing, each request within 10 s."""
+    async with aiohttp.ClientSession(
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        timeout=aiohttp.ClientTimeout(total=10),
+    ) as session:
+        yield session
+
+
+def url(client: GatewayClient, path: str) -> str:
+    return str(client.make_url(path))
+
+
+# --- cookies -----------------------------------------------------------------------------
+
+
+async def test_a_webapp_cookie_reaches_its_client_but_never_goes_back_to_the_webapp(
+    aiohttp_server: AiohttpServer,
+    aiohttp_client: AiohttpClient,
+    plain: aiohttp.ClientSession,
+) -> None:
+    """The gateway keeps no cookie jar: a Set-Cookie on one answer is the client's business
+    alone, and never rides along on the gateway's later requests, for that client or any other."""
+
+    async def set_cookie(request: web.Request) -> web.StreamResponse:
+        response = await ok(request)
+        response.headers.add("Set-Cookie", "session=webapp-secret; Path=/")
+        return response
+
+    webapp = TinyWebapp(set_cookie)
+    client = await gateway_before(webapp.make_app(), aiohttp_server, aiohttp_client)
+    async with plain.get(url(client, "/v1/health")) as response:
+        assert response.status == 200
+        assert response.headers.getall("Set-Cookie") == ["session=webapp-secret; Path=/"]
+    for path in API_KEY_PATHS:
+        async with plain.get(url(client, path)) as response:
+            assert response.status == 200
+    async with plain.post(url(client, "/v1/messages"), json=MESSAGE) as response:
+        assert response.status == 200
+    async with (
+        aiohttp.ClientSession(
+            cookie_jar=aiohttp.DummyCookieJar(), timeout=aiohttp.ClientTimeout(total=10)
+        ) as other,
+        other.get(url(client, "/v1/health"), headers={"Cookie": "mine=1"}) as response,
+    ):
+        assert response.status == 200
+    cookies = [(r.path_qs, r.headers.getall("Cookie", [])) for r in webapp.seen]
+    assert cookies == [
+        ("/v1/health", []),
+        *((path, []) for path in API_KEY_PATHS),
+        ("/v1/messages", []),
+        ("/v1/health", ["mine=1"]),  # the other client's own cookie, and only that
+    ]
+
+
+# --- redirects ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+@pytest.mark.parametrize("call", ["GET /v1/health", "POST /v1/messages"])
+async def test_a_redirect_from_the_webapp_goes_back_to_the_client_unfollowed(
+    aiohttp_server: AiohttpServer,
+    aiohttp_client: AiohttpClient,
+    plain: aiohttp.ClientSession,
+    status: int,
+    call: str,
+) -> None:
+    """The client gets the Webapp's redirect (status and Location) as it was; the gateway sends
+    the request once and never asks for the redirect's target itself."""
+    method, path = call.split()
+    location = "/v1/stats/moved-here"
+
+    async def redirect(request: web.Request) -> web.StreamResponse:
+        if request.path == location:
+            return await ok(request)
+        return web.Response(status=status, headers={"Location": location})
+
+    webapp = TinyWebapp(redirect)
+    client = await gateway_before(webapp.make_app(), aiohttp_server, aiohttp_client)
+    body = MESSAGE if method == "POST" else None
+    async with plain.request(
+        method, url(client, path), json=body, allow_redirects=False
+    ) as response:
+        assert response.status == status
+        assert response.headers["Location"] == location
+    assert [(r.method, r.path_qs) for r in webapp.seen] == [(method, path)]
+
+
+# --- proxies from the environment --------------------------------------------------------
+
+PROXY_VARIABLES = (
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+)
+
+
+async def test_proxy_settings_in_the_environment_are_ignored(
+    aiohttp_server: AiohttpServer,
+    aiohttp_client: AiohttpClient,
+    plain: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A gateway started where HTTP_PROXY and friends are set (for the host's other software)
+    still talks to the Webapp directly: its credentials never pass through that proxy."""
+    proxied: list[str] = []
+
+    async def proxy(request: web.Request) -> web.StreamResponse:
+        proxied.append(f"{request.method} {request.url}")
+        return web.Response(text="the proxy answered")
+
+    proxy_app = web.Application()
+    proxy_app.router.add_route("*", "/{tail:.*}", proxy)
+    proxy_server = await aiohttp_server(proxy_app, host="127.0.0.1")
+    proxy_url = f"http://127.0.0.1:{proxy_server.port}"
+    for name in PROXY_VARIABLES:
+        monkeypatch.setenv(name, proxy_url)
+    for name in ("NO_PROXY", "no_proxy"):  # set, but naming neither the Webapp nor 127.0.0.1
+        monkeypatch.setenv(name, "elsewhere.invalid")
+
+    webapp = TinyWebapp()
+    client = await gateway_before(webapp.make_app(), aiohttp_server, aiohttp_client)
+    async with plain.get(url(client, "/v1/health")) as response:
+        assert response.status == 200
+        assert (await response.json())["meta"]["api_status"] == "stable"
+    async with plain.post(url(client, "/v1/messages"), json=MESSAGE) as response:
+        assert response.status == 200  # the login went directly to the Webapp too
+    assert [r.path_qs for r in webapp.seen] == ["/v1/health", "/v1/messages"]
+    assert webapp.logins == 1
+    assert proxied == []
+
+
+# --- headers and bodies as sent ----------------------------------------------------------
+
+# What the Webapp gets for a request whose client sent only Host (and Connection: close).
+GATEWAY_HEADERS = [
+    "authorization",
+    "host",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-request-id",
+]
+
+
+@pytest.mark.parametrize(
+    ("request_line", "body", "expected"),
+    [
+        pytest.param("GET /v1/health HTTP/1.1", b"", GATEWAY_HEADERS, id="get-apikey"),
+        pytest.param(
+            "POST /v1/messages HTTP/1.1",
+            json.dumps(MESSAGE).encode(),
+            [*GATEWAY_HEADERS, "content-length"],
+            id="post-bearer-no-content-type",
+        ),
+    ],
+)
+async def test_the_webapp_gets_no_header_the_client_did_not_send(
+    aiohttp_server: AiohttpServer,
+    aiohttp_client: AiohttpClient,
+    request_line: str,
+    body: bytes,
+    expected: list[str],
+) -> None:
+    """No User-Agent, Accept, Accept-Encoding or Content-Type of the gateway's own: the Webapp
+    sees the client's headers and the ones the gateway is documented to set, nothing more."""
+    webapp = TinyWebapp()
+    client = await gateway_before(webapp.make_app(), aiohttp_server, aiohttp_client)
+    assert client.port is not None
+    response = await rawhttp.request("127.0.0.1", client.port, request_line, body=body)
+    assert response.status == 200
+    (received,) = webapp.seen
+    assert sorted(name.lower() for name in received.headers) == sorted(expected)
+    assert received.body == body
+    assert received.headers["Authorization"].split()[0] in ("Apikey", "Bearer")
+
+
+async def test_the_clients_own_content_headers_arrive_once_and_unchanged(
+    aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient
+) -> None:
+    webapp = TinyWebapp()
+    client = await gateway_before(webapp.make_app(), aiohttp_server, aiohttp_client)
+    assert client.port is not None
+    own = {
+        "User-Agent": "billing-service/2.1",
+        "Accept": "application/vnd.example+json",
+        "Accept-Encoding": "identity",
+        "Content-Type": "application/json; charset=utf-8",
+    }
+    response = await rawhttp.request(
+        "127.0.0.1",
+        client.port,
+        "POST /v1/messages HTTP/1.1",
+        *(f"{name}: {value}" for name, value in own.items()),
+        body=json.dumps(MESSAGE).encode(),
+    )
+    assert response.status == 200
+    (received,) = webapp.seen
+    assert {name: received.headers.getall(name) for name in own} == {
+        name: [value] for name, value in own.items()
+    }
+
+
+WEBAPP_TEXT = b'{"meta": {"api_status": "stable"}, "filler": "' + b"compressible " * 2000 + b'"}'
+GZIPPED = gzip.compress(WEBAPP_TEXT, mtime=0)
+
+
+async def gzipped_with_length(_request: web.Request) -> web.StreamResponse:
+    return web.Response(
+        body=GZIPPED, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
+    )
+
+
+async def gzipped_chunked(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(
+        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
+    )
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    for start in range(0, len(GZIPPED), 100):
+        await response.write(GZIPPED[start : start + 100])
+    await response.write_eof()
+    return response
+
+
+@pytest.mark.parametrize("answer", [gzipped_with_length, gzipped_chunked])
+async def test_a_compressed_answer_reaches_the_client_byte_for_byte(
+    aiohttp_server: AiohttpServer,
+    aiohttp_client: AiohttpClient,
+    plain: aiohttp.ClientSession,
+    answer: Answer,
+) -> None:
+    """The gateway never decompresses: the client gets the Webapp's gzip bytes and the
+    Content-Encoding that says how to read them."""
+    webapp = TinyWebapp(answer)
+    client = await gateway_before(webapp.make_app(), aiohttp_server, aiohttp_client)
+    async with plain.get(url(client, "/v1/health")) as response:
+        assert response.status == 200
+        assert response.headers["Content-Encoding"] == "gzip"
+        raw = await response.read()
+    assert raw == GZIPPED
+    assert gzip.decompress(raw) == WEBAPP_TEXT
+
+
+# --- the rejected answer is let go before the replay -------------------------------------
+
+
+class PortRecordingSimulator(Simulator):
+    """The simulator, also noting the gateway's source port of every request it answers."""
+
+    def __init__(self) -> None:
+        super().__init__(password=PASSWORD, password_change_required=False, api_key=API_KEY)
+        self.ports: set[int] = set()
+
+    def make_app(self) -> web.Application:
+        app = super().make_app()
+        app.on_response_prepare.append(self._note_port)
+        return app
+
+    async def _note_port(self, request: web.Request, _response: web.StreamResponse) -> None:
+        if request.transport is not None:
+            self.ports.add(request.transport.get_extra_info("peername")[1])
+
+
+async def test_revoked_tokens_round_after_round_are_replayed_on_a_bounded_pool(
+    make_rig: MakeRig,
+) -> None:
+    """With one upstream connection for requests, twenty revocations in a row each cost one
+    login and one replay, every message is accepted, and the gateway reuses its connections
+    rather than leaving rejected answers holding them."""
+    sim = PortRecordingSimulator()
+    rig = await make_rig(sim=sim, env={"GATEWAY_UPSTREAM_CONNECTIONS": "1"})
+    async with rig.client.post("/v1/messages", json=MESSAGE) as response:
+        assert response.status == 201
+    rounds = 20
+    statuses = []
+    for _ in range(rounds):
+        sim.revoke_all()
+        async with asyncio.timeout(10), rig.client.post("/v1/messages", json=MESSAGE) as response:
+            statuses.append(response.status)
+    assert statuses == [201] * rounds
+    assert sim.logins == 1 + rounds
+    assert [a.status for a in sim.seen_on("/v1/messages")] == [201] + [401, 201] * rounds
+    assert len(sim.ports) <= 1 + AUTH_CONNECTIONS
+
+
+@dataclass
+class RevokingWebapp:
+    """A Webapp whose refusals carry a body too large to arrive before the gateway decides to
+    replay, and which notes, when each replay arrives, whether a refusal is still being sent."""
+
+    token: str = ""
+    logins: int = 0
+    refusals_being_sent: int = 0
+    refused: set[str] = field(default_factory=set)  # X-Request-IDs
+    at_replay: list[int] = field(default_factory=list)
+
+    def revoke(self) -> None:
+        self.token = ""
+
+    async def _login(self, _request: web.Request) -> web.StreamResponse:
+        self.logins += 1
+        self.token = f"revocable-{self.logins}"
+        user = {"token": self.token, "expires_after": "2099-01-01 00:00:00+00:00"}
+        return web.json_response({"users": [user]})
+
+    async def _message(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        request_id = request.headers.get("X-Request-ID", "")
+        if self.token and request.headers.get("Authorization") == f"Bearer {self.token}":
+            if request_id in self.refused:  # a replay: the refusal before it must be let go
+                with contextlib.suppress(TimeoutError):
+                    await until(lambda: self.refusals_being_sent == 0, within=2)
+                self.at_replay.append(self.refusals_being_sent)
+            return web.json_response({"messages": [{"id": "m"}]}, status=201)
+        self.refused.add(request_id)
+        return await self._refuse(request)
+
+    async def _refuse(self, request: web.Request) -> web.StreamResponse:
+        chunk = b" " * 65536
+        response = web.StreamResponse(status=401)
+        response.content_length = 64 * 1024 * 1024
+        self.refusals_being_sent += 1
+        try:
+            await response.prepare(request)
+            for _ in range(1024):  # blocks once the socket buffers are full, until let go
+                await response.write(chunk)
+        except ConnectionError:
+            pass  # the gateway closed the connection: what it should do
+        finally:
+            self.refusals_being_sent -= 1
+        return response
+
+    def make_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post(LOGIN_PATH, self._login)
+        app.router.add_post("/v1/messages", self._message)
+        return app
+
+
+async def test_a_large_refusal_is_let_go_before_the_request_is_replayed(
+    aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient
+) -> None:
+    """The rejected 401 is released, not left holding its connection (and the Webapp's worker
+    sending it) while the gateway logs in and replays."""
+    webapp = RevokingWebapp()
+    client = await gateway_before(
+        webapp.make_app(), aiohttp_server, aiohttp_client, GATEWAY_UPSTREAM_CONNECTIONS="1"
+    )
+    async with client.post("/v1/messages", json=MESSAGE) as response:
+        assert response.status == 201  # logged in: each round below revokes a token in use
+    rounds = 5
+    statuses = []
+    for _ in range(rounds):
+        webapp.revoke()
+        async with asyncio.timeout(10), client.post("/v1/messages", json=MESSAGE) as response:
+            statuses.append(response.status)
+    assert statuses == [201] * rounds
+    assert webapp.at_replay == [0] * rounds
