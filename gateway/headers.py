@@ -3,8 +3,9 @@
 Toward the Webapp: hop-by-hop headers (RFC 9110 section 7.6.1, and any named in ``Connection``) and
 every header the gateway owns (credentials, framing, forwarding, request id) are dropped, then the
 gateway's own are set; a value that is not UTF-8 is refused, since it could only be sent altered.
-Toward the client: hop-by-hop headers are dropped; framing comes from the Webapp's
-``Content-Length`` when it sent one.
+Toward the client: hop-by-hop headers are dropped, and so is a field whose value is not UTF-8
+(aiohttp could only send it altered: cut short at the first such byte); framing comes from the
+Webapp's ``Content-Length`` when it sent one.
 """
 
 from __future__ import annotations
@@ -104,11 +105,20 @@ def refuse_undecodable(values: Iterable[str]) -> None:
     surrogates, and aiohttp's client would silently drop them, so the Webapp would get a value
     the client never sent."""
     for value in values:
-        if not value.isascii():
-            try:
-                value.encode()
-            except UnicodeEncodeError:
-                raise BadRequest("A header value is not valid UTF-8.") from None
+        if not _decodable(value):
+            raise BadRequest("A header value is not valid UTF-8.")
+
+
+def _decodable(value: str) -> bool:
+    """Whether ``value`` came off the wire as UTF-8 (the parser keeps other bytes as lone
+    surrogates, which no encoder takes)."""
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def downstream_headers(upstream: MultiMapping[str], *, request_id: str) -> CIMultiDict[str]:
@@ -116,7 +126,9 @@ def downstream_headers(upstream: MultiMapping[str], *, request_id: str) -> CIMul
     named = _connection_named(upstream)
     dropped = HOP_BY_HOP | named if named else HOP_BY_HOP
     headers: CIMultiDict[str] = CIMultiDict(
-        (name, value) for name, value in upstream.items() if name.lower() not in dropped
+        (name, value)
+        for name, value in upstream.items()
+        if name.lower() not in dropped and _decodable(value)
     )
     headers[REQUEST_ID] = request_id
     return headers

@@ -173,6 +173,15 @@ def test_downstream_drops_hop_by_hop_and_keeps_the_rest_in_order() -> None:
     ]
 
 
+def test_downstream_drops_a_value_that_is_not_utf8_rather_than_cut_it_short() -> None:
+    """The parser keeps the byte 0xE9 of a Latin-1 value as a lone surrogate; aiohttp would send
+    the value cut short before it."""
+    assert list(downstream([("X-A", "caf\udce9"), ("X-B", "caf\u00e9")]).items()) == [
+        ("X-B", "caf\u00e9"),
+        (REQUEST_ID, RID),
+    ]
+
+
 def test_downstream_without_connection_header() -> None:
     assert list(downstream([("Date", "x"), ("Upgrade", "h2c")]).items()) == [
         ("Date", "x"),
