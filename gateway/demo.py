@@ -11,7 +11,7 @@ from .app import create_app
 from .config import load_config
 from .log import configure_logging, drain_logs
 from .server import serve
-from .simulator import Simulator
+from .simulator import RateLimit, Simulator
 
 CURL = (
     "curl -s {url}/v1/messages -H 'Content-Type: application/json' "
@@ -24,7 +24,12 @@ async def run_demo(environ: Mapping[str, str]) -> None:
     # A fresh password and API key each run: the simulator only lives as long as the demo.
     password = "Demo-" + secrets.token_urlsafe(12) + "-1a!"
     api_key = secrets.token_urlsafe(24)
-    simulator = Simulator(password=password, password_change_required=False, api_key=api_key)
+    simulator = Simulator(
+        password=password,
+        password_change_required=False,
+        api_key=api_key,
+        rate_limit=RateLimit(),  # as the real one: 20 requests/s per endpoint, bursts to 60
+    )
     runner = web.AppRunner(simulator.make_app(), access_log=None)
     await runner.setup()
     try:

@@ -204,6 +204,33 @@ class Fault:
         return path.startswith(self.path) and (self.method is None or self.method.upper() == method)
 
 
+@dataclass(frozen=True)
+class RateLimit:
+    """The Webapp's rate limit: ``rate`` requests per second per endpoint, bursts to ``burst``;
+    beyond it, 429 with code 1015. An endpoint is a method and the path's first two segments
+    (``POST /v1/messages``, ``GET /v1/media``); logins are not limited."""
+
+    rate: float = 20.0
+    burst: float = 60.0
+
+
+class _Buckets:
+    """A token bucket per endpoint, on the monotonic clock."""
+
+    def __init__(self, limit: RateLimit) -> None:
+        self.limit = limit
+        self._buckets: dict[tuple[str, str], tuple[float, float]] = {}  # (tokens, at)
+
+    def admit(self, method: str, path: str) -> bool:
+        key = (method, "/".join(path.split("/", 3)[:3]))
+        now = time.monotonic()
+        tokens, at = self._buckets.get(key, (self.limit.burst, now))
+        tokens = min(self.limit.burst, tokens + (now - at) * self.limit.rate)
+        admitted = tokens >= 1.0
+        self._buckets[key] = (tokens - 1.0 if admitted else tokens, now)
+        return admitted
+
+
 @dataclass
 class _Exchange:
     """Per-request state the middleware shares with the handlers."""
@@ -408,6 +435,7 @@ class Simulator:
         media_dir: str | None = None,
         max_media_size: int = 100 * 1024 * 1024,
         password_change_revokes: bool = False,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         self.username = username
         self.users: dict[str, str] = {username: password}
@@ -418,6 +446,7 @@ class Simulator:
         self.password_change_revokes = password_change_revokes
         self.clock_skew = clock_skew
         self.max_media_size = max_media_size
+        self._buckets = None if rate_limit is None else _Buckets(rate_limit)
         self.login_delay = 0.0
         self.reject_all_tokens = False
         self.login_script: collections.deque[LoginFault] = collections.deque()
@@ -526,6 +555,7 @@ class Simulator:
             media_dir=None if self._media_dir is None else str(self._media_dir),
             max_media_size=self.max_media_size,
             password_change_revokes=self.password_change_revokes,
+            rate_limit=None if self._buckets is None else self._buckets.limit,
         )
         successor.users = dict(self.users)
         successor.application_settings = copy.deepcopy(self.application_settings)
@@ -633,6 +663,8 @@ class Simulator:
         self, request: web.Request, handler: Handler, exchange: _Exchange, *, is_login: bool
     ) -> web.StreamResponse:
         if not is_login:
+            if self._buckets is not None and not self._buckets.admit(request.method, request.path):
+                raise _status_error(429, "Rate limit hit: retry later")
             fault = self._take_fault(request)
             if fault is not None:
                 answer = await self._apply_fault(request, fault)

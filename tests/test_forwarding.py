@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -14,10 +15,10 @@ from aiohttp import web
 from yarl import URL
 
 from gateway.app import create_app
-from gateway.simulator import Fault, synthetic_media_sha256
+from gateway.simulator import Fault, RateLimit, synthetic_media_sha256
 
 from . import rawhttp
-from .conftest import MESSAGE, Rig, gateway_config
+from .conftest import MESSAGE, MakeRig, Rig, gateway_config
 
 
 @pytest.mark.parametrize("method", ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
@@ -276,3 +277,25 @@ async def test_the_client_sees_the_webapps_body_encoding_untouched(
     ):
         assert response.headers["Content-Encoding"] == "gzip"
         assert await response.read() == compressed
+
+
+async def test_the_webapps_rate_limit_reaches_clients_unchanged_and_is_never_retried(
+    make_rig: MakeRig,
+) -> None:
+    """At the Webapp's limit (here a burst of 10 that refills too slowly to matter), its 429 with
+    code 1015 goes back as it came; the gateway neither retries it nor counts it as a failure."""
+    rig = await make_rig(rate_limit=RateLimit(rate=0.001, burst=10.0))
+
+    async def send() -> tuple[int, object]:
+        async with rig.client.post("/v1/messages", json=MESSAGE) as response:
+            return response.status, (await response.json()).get("errors")
+
+    answers = await asyncio.gather(*(send() for _ in range(15)))
+    statuses = sorted(status for status, _ in answers)
+    assert statuses[:10] == [201] * 10
+    assert statuses[10:] == [429] * 5
+    (errors,) = {json.dumps(errors) for status, errors in answers if status == 429}
+    assert json.loads(errors)[0]["code"] == 1015
+    assert len(rig.sim.seen_on("/v1/messages")) == 15  # one arrival each: nothing retried
+    async with rig.client.get("/_gateway/readyz") as response:
+        assert response.status == 200
