@@ -84,6 +84,16 @@ class Metrics:
             "Requests being handled now.",
             registry=registry,
         )
+        self.client_connections = Gauge(
+            "wa_gateway_client_connections",
+            "Client connections open now.",
+            registry=registry,
+        )
+        self.connections_refused = Counter(
+            "wa_gateway_client_connections_refused",
+            "Client connections closed at accept because GATEWAY_MAX_CONNECTIONS were open.",
+            registry=registry,
+        )
         self.upstream_in_use = Gauge(
             "wa_gateway_upstream_connections_in_use",
             "Connections to the Webapp held by forwarded requests now.",

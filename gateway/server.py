@@ -1,7 +1,10 @@
 """Running the app on a socket until SIGTERM or SIGINT, then shutting down in order.
 
 The socket speaks TLS when the configuration names a certificate and key (``server.tls_*``); the
-configuration's warnings are logged once at the start, as ``config.warning`` events.
+configuration's warnings are logged once at the start, as ``config.warning`` events. The listener
+holds at most ``server.max_connections`` client connections, the soft descriptor limit is raised
+to fit them (``server.descriptors_low`` when it cannot be), and asyncio's failed accepts are
+logged at most every few seconds (see :mod:`gateway.connections`).
 
 Shutdown: readiness turns 503 at once; the listener stays open for ``shutdown_drain`` seconds so
 that load balancers notice; then it closes, requests in flight get up to ``shutdown_grace``
@@ -25,7 +28,14 @@ import structlog
 from aiohttp import web
 
 from .app import GATEWAY, InFlight
-from .config import Config, listener_ssl_context
+from .config import Config, ServerConfig, listener_ssl_context
+from .connections import (
+    BACKLOG,
+    AcceptErrors,
+    ConnectionLimit,
+    descriptors_needed,
+    raise_descriptor_limit,
+)
 from .protocol import GatewayRunner
 from .values import Address
 
@@ -37,7 +47,6 @@ INTERRUPTED = 130  # the exit status for Ctrl-C before the handlers are in place
 # a cancelled handler gets to unwind. (aiohttp would wait its timeout twice, and read 0 as
 # "forever", so the grace period is counted here instead.)
 _CUT_WAIT = 0.1
-BACKLOG = 1024
 
 
 class ListenError(Exception):
@@ -59,16 +68,24 @@ async def serve(
     server = config.server
     for warning in config.warnings:
         log.warning("config.warning", detail=warning)
+    _check_descriptors(server)
     tls = listener_ssl_context(server)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    metrics = app[GATEWAY].metrics
+    connections = ConnectionLimit(
+        server.max_connections, on_refused=metrics.connections_refused.inc
+    )
+    metrics.client_connections.set_function(lambda: connections.open)
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
+    exception_handler = loop.get_exception_handler()
+    loop.set_exception_handler(AcceptErrors(exception_handler, connections))
     try:
         runner = GatewayRunner(app, access_log=None, shutdown_timeout=_CUT_WAIT)
         await runner.setup()
         try:
-            url = await _listen(runner, server.listen, tls, server.client_idle_timeout)
+            url = await _listen(runner, server, tls, connections)
             log.info("gateway.started", url=url, webapp=str(config.webapp.url))
             if on_started is not None:
                 on_started(url)
@@ -85,51 +102,77 @@ async def serve(
                 log.warning("gateway.requests_cut", count=cut, grace_s=server.shutdown_grace)
             await runner.cleanup()
     finally:
+        loop.set_exception_handler(exception_handler)
         for signum in STOP_SIGNALS:
             loop.remove_signal_handler(signum)
     log.info("gateway.stopped")
 
 
-class _TlsSite(web.TCPSite):
-    """A TCPSite whose TLS handshakes must end within ``handshake_timeout`` seconds.
+def _check_descriptors(server: ServerConfig) -> None:
+    """Raise the descriptor limit for this configuration; warn once if it stays too low."""
+    needed = descriptors_needed(server)
+    descriptors = raise_descriptor_limit(needed)
+    if not descriptors.enough:
+        log.warning(
+            "server.descriptors_low",
+            limit=descriptors.soft,
+            needed=needed,
+            setting="GATEWAY_MAX_CONNECTIONS",
+            max_connections=server.max_connections,
+            upstream_connections=server.upstream_connections,
+        )
 
-    asyncio gives a handshake 60 s, and aiohttp offers no way to change that: a client that opens
-    connections and never finishes its hello would hold each for a minute, long past the idle
-    timeout that the same client gets once it speaks HTTP. This is ``TCPSite.start`` with the one
-    argument added (aiohttp is pinned to a minor version, so its attributes cannot move).
+
+class _Site(web.TCPSite):
+    """A TCPSite whose connections pass through a :class:`ConnectionLimit`, and whose TLS
+    handshakes (with ``tls``) must end within ``handshake_timeout`` seconds.
+
+    aiohttp hands its server to ``create_server`` itself, so counting connections needs this
+    ``start``. And asyncio gives a handshake 60 s, with no way in aiohttp to change that: a client
+    that opens connections and never finishes its hello would hold each for a minute, long past
+    the idle timeout that the same client gets once it speaks HTTP. This is ``TCPSite.start`` with
+    those two changes (aiohttp is pinned to a minor version, so its attributes cannot move).
     """
 
     def __init__(
-        self, runner: web.AppRunner, address: Address, tls: ssl.SSLContext, timeout: float
+        self,
+        runner: web.AppRunner,
+        address: Address,
+        connections: ConnectionLimit,
+        tls: ssl.SSLContext | None,
+        handshake_timeout: float,
     ) -> None:
         super().__init__(runner, address.host, address.port, backlog=BACKLOG, ssl_context=tls)
-        self._handshake_timeout = timeout
+        self._connections = connections
+        self._handshake_timeout = handshake_timeout
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with its runner
         server = self._runner.server
         if server is None:
             raise RuntimeError("the runner was not set up")
+        tls = self._ssl_context
         self._server = await asyncio.get_running_loop().create_server(
-            server,
+            self._connections.factory(server),
             self._host,
             self._port,
-            ssl=self._ssl_context,
+            ssl=tls,
             backlog=self._backlog,
-            ssl_handshake_timeout=self._handshake_timeout,
+            # asyncio refuses a handshake timeout for a plain socket.
+            ssl_handshake_timeout=None if tls is None else self._handshake_timeout,
         )
         self._bound_port = self._server.sockets[0].getsockname()[1]
 
 
 async def _listen(
-    runner: web.AppRunner, address: Address, tls: ssl.SSLContext | None, handshake_timeout: float
+    runner: web.AppRunner,
+    server: ServerConfig,
+    tls: ssl.SSLContext | None,
+    connections: ConnectionLimit,
 ) -> str:
     """Open the listening socket (with TLS if ``tls`` is given); return the URL it answers on."""
-    site: web.TCPSite
-    if tls is None:
-        site = web.TCPSite(runner, address.host, address.port, backlog=BACKLOG)
-    else:
-        site = _TlsSite(runner, address, tls, handshake_timeout)
+    address = server.listen
+    site = _Site(runner, address, connections, tls, server.client_idle_timeout)
     try:
         await site.start()
     except OSError as exc:
