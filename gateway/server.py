@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import ssl
 from collections.abc import Callable
 
@@ -28,7 +29,7 @@ import structlog
 from aiohttp import web
 
 from .app import GATEWAY, InFlight
-from .config import Config, ServerConfig, listener_ssl_context
+from .config import Config, ConfigError, ServerConfig, listener_ssl_context
 from .connections import (
     BACKLOG,
     AcceptErrors,
@@ -175,7 +176,11 @@ async def _listen(
     site = _Site(runner, address, connections, tls, server.client_idle_timeout)
     try:
         await site.start()
-    except OSError as exc:
+    except socket.gaierror as exc:  # a name no resolver knows: the configuration's fault
+        raise ConfigError(
+            [f"GATEWAY_LISTEN (server.listen): cannot resolve {address.host}: {exc.strerror}"]
+        ) from None
+    except OSError as exc:  # the port is taken, say: the machine's state, not the configuration
         raise ListenError(f"cannot listen on {address}: {exc.strerror}") from None
     host, port = runner.addresses[0][:2]
     scheme = "http" if tls is None else "https"

@@ -315,6 +315,19 @@ def test_serve_with_bad_configuration_exits_2_before_starting(tmp_path: Path) ->
     assert_config_errors(result, "GATEWAY_LISTEN")
 
 
+def test_serve_on_a_host_name_that_does_not_resolve_exits_2(tmp_path: Path) -> None:
+    """Well-formed, so check-config passes it; only binding finds that no such host exists."""
+    env = {**BASE, "GATEWAY_LISTEN": "no-such-host.invalid:8080"}
+    result = gateway("serve", env=env, cwd=tmp_path)
+    [line] = result.stderr.splitlines()
+    assert result.returncode == 2
+    assert line.startswith(
+        "wa-gateway: configuration error: "
+        "GATEWAY_LISTEN (server.listen): cannot resolve no-such-host.invalid: "
+    )
+    assert_no_leak(result)
+
+
 # --- serve ----------------------------------------------------------------------------------------
 
 
