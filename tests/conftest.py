@@ -17,7 +17,7 @@ from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import GATEWAY, Gateway, create_app
-from gateway.config import Config, load_config
+from gateway.config import Config, TokenConfig, load_config
 from gateway.log import configure_logging
 from gateway.protocol import GatewayRunner
 from gateway.simulator import Simulator
@@ -34,6 +34,16 @@ TEST_ENV = {
     "GATEWAY_LOGIN_TIMEOUT": "5",
 }
 
+
+# The token pool's settings for tests of the pool and its schedule on their own (a fake clock).
+TOKEN_CONFIG = TokenConfig(
+    login_timeout=5.0,
+    refresh_before=0.1,
+    refresh_jitter=0.05,
+    backoff_initial=1.0,
+    backoff_max=30.0,
+    breaker_threshold=3,
+)
 
 # A text message as clients send it, for every test that needs one to go through.
 MESSAGE = {"to": "16315551234", "type": "text", "text": {"body": "hi"}}

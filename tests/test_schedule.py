@@ -6,19 +6,12 @@ import random
 
 import pytest
 
-from gateway.config import TokenConfig
 from gateway.login import BadCredentials, TokenRejected, WebappUnavailable
 from gateway.schedule import Breaker, Refusal, Schedule, backoff_delay, refresh_time
 
+from .conftest import TOKEN_CONFIG as CONFIG
+
 WEEK = 7 * 24 * 3600.0
-CONFIG = TokenConfig(
-    login_timeout=5.0,
-    refresh_before=0.1,
-    refresh_jitter=0.05,
-    backoff_initial=1.0,
-    backoff_max=30.0,
-    breaker_threshold=3,
-)
 
 
 def test_backoff_doubles_from_the_initial_delay_up_to_the_cap_with_jitter() -> None:

@@ -11,7 +11,6 @@ from dataclasses import replace
 import pytest
 import structlog
 
-from gateway.config import TokenConfig
 from gateway.errors import TokenUnavailable
 from gateway.login import BadCredentials, Grant, PasswordChangeRequired, WebappUnavailable
 from gateway.metrics import Metrics
@@ -19,18 +18,11 @@ from gateway.schedule import Breaker, Readiness
 from gateway.secret import Secret
 from gateway.tokens import Account, SystemClock, Token, TokenPool
 
+from .conftest import TOKEN_CONFIG as CONFIG
 from .conftest import until
 
 ACCOUNT = Account("https://webapp:443", "admin")
 WEEK = 7 * 24 * 3600.0
-CONFIG = TokenConfig(
-    login_timeout=5.0,
-    refresh_before=0.1,
-    refresh_jitter=0.05,
-    backoff_initial=1.0,
-    backoff_max=30.0,
-    breaker_threshold=3,
-)
 
 
 class FakeClock:
