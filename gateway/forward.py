@@ -79,15 +79,16 @@ class Forwarder:
                 headers["Authorization"] = token.authorization()
             async with self.webapp.slots:
                 answer = await self._send(request.method, target, headers, body, exchange)
-                if token is not None:
-                    if answer.status == 401:
-                        answer.release()
-                        token = await self._replacement(token)
-                        headers["Authorization"] = token.authorization()
-                        exchange.retried = True
-                        answer = await self._send(request.method, target, headers, body, exchange)
-                    self.pool.report(self.webapp.account, token, accepted=answer.status != 401)
-                return await self._relay(request, answer, exchange)
+                if token is None or answer.status != 401:
+                    return await self._relay(request, answer, exchange, token)
+                answer.release()
+            # Between the two, no slot: the login for the new token may take long.
+            token = await self._replacement(token)
+            headers["Authorization"] = token.authorization()
+            exchange.retried = True
+            async with self.webapp.slots:
+                answer = await self._send(request.method, target, headers, body, exchange)
+                return await self._relay(request, answer, exchange, token)
         finally:
             body.close()
 
@@ -142,8 +143,15 @@ class Forwarder:
             self.metrics.upstream_seconds.observe(elapsed)
 
     async def _relay(
-        self, request: web.Request, answer: aiohttp.ClientResponse, exchange: Exchange
+        self,
+        request: web.Request,
+        answer: aiohttp.ClientResponse,
+        exchange: Exchange,
+        token: Token | None,
     ) -> web.StreamResponse:
+        """Stream ``answer`` back, having told the pool whether the Webapp accepted ``token``."""
+        if token is not None:
+            self.pool.report(self.webapp.account, token, accepted=answer.status != 401)
         response = web.StreamResponse(
             status=answer.status,
             reason=answer.reason,

@@ -159,16 +159,22 @@ class Webapp:
         """
         url = URL(self._base + path_qs, encoded=True)
         silence = self.config.server.upstream_timeout
+        progress = None
         try:
             # From sending to the response headers, moved on while the Webapp takes the body.
             async with asyncio.timeout(silence) as deadline:
                 if body is not None and not isinstance(body, bytes):
-                    body = _moving(deadline, silence, body)
+                    body = progress = _Progress(deadline, silence, body)
                 response = await self.session.request(
                     method, url, headers=headers, data=body, allow_redirects=False
                 )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise translate(exc) from exc
+        finally:
+            # A Webapp may answer before it has taken the whole body; the rest still goes out,
+            # with no deadline left to move.
+            if progress is not None:
+                progress.answered = True
         if response.status < 200:
             # aiohttp hands back a 101 as if final; the connection no longer speaks HTTP, and a
             # front proxy that saw the 101 would tunnel whatever the client sends next.
@@ -231,17 +237,29 @@ class Webapp:
             raise WebappUnavailable(f"Login: {translate(exc).details}") from exc
 
 
-async def _moving(
-    deadline: asyncio.Timeout, silence: float, chunks: AsyncIterator[bytes]
-) -> AsyncIterator[bytes]:
-    """``chunks``, moving ``deadline`` to ``silence`` seconds after each is asked for: aiohttp
-    asks for the next chunk once the connection took the last one, so a Webapp that keeps taking
-    a large body is not silent, however long the upload lasts."""
-    loop = asyncio.get_running_loop()
-    async for chunk in chunks:
-        extend(deadline, loop.time() + silence, silence)
-        yield chunk
-    extend(deadline, loop.time() + silence, silence)  # then the silence before the answer
+class _Progress:
+    """A body's ``chunks``, moving ``deadline`` to ``silence`` seconds after each is asked for,
+    until the answer has come: aiohttp asks for the next chunk once the connection took the last
+    one, so a Webapp that keeps taking a large body is not silent, however long it takes."""
+
+    def __init__(
+        self, deadline: asyncio.Timeout, silence: float, chunks: AsyncIterator[bytes]
+    ) -> None:
+        self._deadline = deadline
+        self._silence = silence
+        self._chunks = chunks
+        self.answered = False
+
+    def __aiter__(self) -> _Progress:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await anext(self._chunks)
+        finally:  # after the last chunk too: then the silence before the answer starts
+            if not self.answered:
+                now = asyncio.get_running_loop().time()
+                extend(self._deadline, now + self._silence, self._silence)
 
 
 async def _read_capped(content: aiohttp.StreamReader, limit: int) -> bytes:

@@ -123,3 +123,23 @@ async def test_a_login_never_waits_for_a_connection_that_forwarded_requests_hold
             new = await pool.token(account)
         assert new.generation == old.generation + 1
         assert rig.sim.logins == logins + 1
+
+
+async def test_a_replay_waiting_for_its_login_holds_no_connection(make_rig: MakeRig) -> None:
+    """A 401's connection is let go before the new login, which may take long: meanwhile a request
+    that needs no token (GET /v1/health goes with the API key) gets the one connection."""
+    rig = await warmed(
+        make_rig,
+        GATEWAY_UPSTREAM_CONNECTIONS="1",
+        GATEWAY_UPSTREAM_QUEUE_TIMEOUT="0.3",
+        GATEWAY_UPSTREAM_TIMEOUT="30",
+    )
+    rig.sim.revoke_all()
+    rig.sim.login_delay = 1.0
+    logins = rig.sim.login_attempts
+    message = asyncio.ensure_future(post_status(rig))
+    await until(lambda: rig.sim.login_attempts == logins + 1)  # the replay's login, under way
+    async with rig.client.get("/v1/health") as response:
+        assert response.status == 200
+    assert await message == 201
+    assert rig.gateway.webapp.slots.in_use == 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import io
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -451,3 +452,44 @@ async def test_a_large_refusal_is_let_go_before_the_request_is_replayed(
             statuses.append(response.status)
     assert statuses == [201] * rounds
     assert webapp.at_replay == [0] * rounds
+
+
+# --- answers that begin before the upload ends -----------------------------------------------
+
+
+async def test_a_webapp_that_answers_before_taking_the_whole_upload_still_gets_all_of_it(
+    aiohttp_server: AiohttpServer,
+    aiohttp_client: AiohttpClient,
+    plain: aiohttp.ClientSession,
+) -> None:
+    """The answer's headers end the wait for them; the rest of a spooled body (8 MiB, read slowly
+    for longer than GATEWAY_UPSTREAM_TIMEOUT) must still go out whole, and the answer end."""
+    received = []
+
+    async def media(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = 8
+        await response.prepare(request)
+        await response.write(b"head")
+        size = 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            await asyncio.sleep(0.01)
+        received.append(size)
+        await response.write(b"tail")
+        return response
+
+    webapp = TinyWebapp()
+    app = webapp.make_app()
+    app.router.add_post("/v1/media", media)
+    client = await gateway_before(
+        app,
+        aiohttp_server,
+        aiohttp_client,
+        GATEWAY_UPSTREAM_TIMEOUT="1",
+        GATEWAY_BODY_MEMORY="1KiB",
+    )
+    async with plain.post(url(client, "/v1/media"), data=io.BytesIO(b"x" * (8 << 20))) as answer:
+        assert answer.status == 200
+        assert await answer.read() == b"headtail"
+    assert received == [8 << 20]
