@@ -117,11 +117,15 @@ class Schedule:
 
     def due(self, refresh_at: float | None) -> tuple[float, str]:
         """When the next login should start and why, given the held token's ``refresh_at``."""
-        if self.needs_check:
-            return self.retry_at, "recheck"  # a fresh token, checked before readiness returns
-        if refresh_at is None:
-            return self.retry_at, "no_token"
+        if self.needs_check or refresh_at is None:
+            return self.retry_at, self.retry_reason
         return max(refresh_at, self.retry_at), "refresh"
+
+    @property
+    def retry_reason(self) -> str:
+        """Why the next login without a usable token happens: to check a fresh token before
+        readiness returns (after refused ones), or because none is held."""
+        return "recheck" if self.needs_check else "no_token"
 
     @property
     def failing(self) -> bool:

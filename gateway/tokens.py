@@ -146,13 +146,7 @@ class TokenPool:
             if now >= token.refresh_at and now >= schedule.retry_at:
                 self._start_login(slot, "refresh")
             return token
-        if schedule.failing:
-            # Retries are the background task's. A caller that finds the backoff over starts one
-            # (covering a missed background slot) but waits for none: against a Webapp that
-            # hangs, that wait would last GATEWAY_LOGIN_TIMEOUT.
-            if now >= schedule.retry_at:
-                self._start_login(slot, schedule.due(None)[1])
-            raise schedule.unavailable(now)
+        self._fail_fast(slot, now)
         outcome = await asyncio.shield(self._start_login(slot, "no_token"))
         if isinstance(outcome, LoginFailed) and outcome is not schedule.last_failure:
             # The login joined was a rotation, whose failure does not count: a plain one may work.
@@ -164,9 +158,8 @@ class TokenPool:
     def raise_if_unavailable(self, account: Account) -> None:
         """Raise the :class:`~gateway.errors.TokenUnavailable` that :meth:`token` would raise
         now: so that a caller can refuse before it receives a large body."""
-        schedule = self._slot(account).schedule
-        if account not in self._tokens and schedule.failing:
-            raise schedule.unavailable(self.clock.monotonic())
+        if account not in self._tokens:
+            self._fail_fast(self._slot(account), self.clock.monotonic())
 
     def report(self, account: Account, token: Token, *, accepted: bool) -> None:
         """Tell the pool whether the Webapp accepted ``token`` (any answer but 401).
@@ -254,6 +247,17 @@ class TokenPool:
         if slot is None:
             slot = self._slots[account] = _Slot(account, Schedule(self.config))
         return slot
+
+    def _fail_fast(self, slot: _Slot, now: float) -> None:
+        """While logins fail, raise at once for a caller without a token. Retries are the
+        background task's; a caller that finds the backoff over starts one (covering a missed
+        background slot) but waits for none: against a Webapp that hangs, that wait would last
+        GATEWAY_LOGIN_TIMEOUT."""
+        schedule = slot.schedule
+        if schedule.failing:
+            if now >= schedule.retry_at:
+                self._start_login(slot, schedule.retry_reason)
+            raise schedule.unavailable(now)
 
     def _start_login(self, slot: _Slot, reason: str) -> asyncio.Task[Token | LoginFailed]:
         if slot.login is None:
