@@ -214,16 +214,18 @@ class RateLimit:
     burst: float = 60.0
 
 
-class _Buckets:
-    """A token bucket per endpoint, on the monotonic clock."""
+class RateBuckets:
+    """A token bucket per endpoint, on a monotonic ``clock``."""
 
-    def __init__(self, limit: RateLimit) -> None:
+    def __init__(self, limit: RateLimit, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
+        self._clock = clock
         self._buckets: dict[tuple[str, str], tuple[float, float]] = {}  # (tokens, at)
 
     def admit(self, method: str, path: str) -> bool:
+        """Whether a request to this endpoint is within the limit now (and counts it if so)."""
         key = (method, "/".join(path.split("/", 3)[:3]))
-        now = time.monotonic()
+        now = self._clock()
         tokens, at = self._buckets.get(key, (self.limit.burst, now))
         tokens = min(self.limit.burst, tokens + (now - at) * self.limit.rate)
         admitted = tokens >= 1.0
@@ -446,7 +448,7 @@ class Simulator:
         self.password_change_revokes = password_change_revokes
         self.clock_skew = clock_skew
         self.max_media_size = max_media_size
-        self._buckets = None if rate_limit is None else _Buckets(rate_limit)
+        self._buckets = None if rate_limit is None else RateBuckets(rate_limit)
         self.login_delay = 0.0
         self.reject_all_tokens = False
         self.login_script: collections.deque[LoginFault] = collections.deque()

@@ -28,6 +28,8 @@ from gateway.simulator import (
     Fault,
     FaultKind,
     LoginFault,
+    RateBuckets,
+    RateLimit,
     Simulator,
     synthetic_media_bytes,
     synthetic_media_sha256,
@@ -1164,3 +1166,16 @@ def test_make_app_is_called_once() -> None:
     sim.make_app()
     with pytest.raises(RuntimeError):
         sim.make_app()
+
+
+def test_the_rate_limit_is_a_bucket_per_endpoint_that_refills_at_the_rate() -> None:
+    now = [0.0]
+    buckets = RateBuckets(RateLimit(rate=2.0, burst=3.0), clock=lambda: now[0])
+    assert [buckets.admit("POST", "/v1/messages") for _ in range(4)] == [True] * 3 + [False]
+    assert buckets.admit("GET", "/v1/media/a")  # another endpoint: its own bucket
+    assert [buckets.admit("GET", f"/v1/media/{i}") for i in range(3)] == [True, True, False]
+    now[0] = 0.5  # one request's worth at 2 per second
+    assert buckets.admit("POST", "/v1/messages")
+    assert not buckets.admit("POST", "/v1/messages")
+    now[0] = 100.0  # never more than the burst saved up
+    assert [buckets.admit("POST", "/v1/messages") for _ in range(4)] == [True] * 3 + [False]
