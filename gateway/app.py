@@ -42,7 +42,7 @@ from .local import client_login, client_logout, error_response, health, readines
 from .log import log_crash
 from .metrics import Metrics
 from .passwords import PasswordFile
-from .policy import Action, decide
+from .policy import Action, Prefixes, decide
 from .rotation import Rotator
 from .tokens import Clock, SystemClock, TokenPool
 from .webapp import Webapp
@@ -85,6 +85,7 @@ class Gateway:
     metrics: Metrics
     forwarder: Forwarder
     rotator: Rotator | None  # when the password is rotated on a schedule
+    prefixes: Prefixes  # what may be forwarded
     in_flight: InFlight = field(default_factory=InFlight)
     draining: bool = False
 
@@ -123,7 +124,8 @@ def create_app(
             rotator = Rotator(
                 pool, webapp.account, password_file, every, config.tokens, metrics, rng
             )
-    gateway = Gateway(config, clock, webapp, pool, metrics, forwarder, rotator)
+    prefixes = Prefixes(config.policy.forward_paths)
+    gateway = Gateway(config, clock, webapp, pool, metrics, forwarder, rotator, prefixes)
     metrics.in_flight.set_function(lambda: gateway.in_flight.count)
 
     app = web.Application(middlewares=[_observe(gateway)])
@@ -169,7 +171,7 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
     check_framing(request.version, request.headers.getall(hdrs.TRANSFER_ENCODING, []))
     if len(request.raw_path) > limits.max_url:
         raise UriTooLong(f"The request target is longer than {limits.max_url} bytes.")
-    target = decide(request.method, request.raw_path)
+    target = decide(request.method, request.raw_path, gateway.prefixes)
     request[EXCHANGE].path = target.path
     if target.action is Action.LOGIN:
         return client_login(gateway.clock.time())

@@ -36,6 +36,7 @@ from yarl import URL
 
 from . import values as parse
 from .passwords import SETTLE_AFTER, PasswordFile
+from .policy import FORWARD_PATHS
 from .secret import MASK, Secret
 from .values import Address, Invalid
 
@@ -107,12 +108,20 @@ class TokenConfig:
 
 
 @dataclass(frozen=True)
+class PolicyConfig:
+    """Which of the Webapp's paths the gateway forwards (see :mod:`gateway.policy`)."""
+
+    forward_paths: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole, checked configuration, and what is worth a warning in it (one line each)."""
 
     webapp: WebappConfig
     server: ServerConfig
     tokens: TokenConfig
+    policy: PolicyConfig
     warnings: tuple[str, ...] = ()
 
 
@@ -201,11 +210,13 @@ SETTINGS: tuple[Setting[object], ...] = (
     Setting("tokens", "backoff_initial", "GATEWAY_LOGIN_BACKOFF_INITIAL", parse.seconds, 1.0),
     Setting("tokens", "backoff_max", "GATEWAY_LOGIN_BACKOFF_MAX", parse.seconds, 30.0),
     Setting("tokens", "breaker_threshold", "GATEWAY_LOGIN_BREAKER_THRESHOLD", parse.count, 5),
+    Setting("policy", "forward_paths", "GATEWAY_FORWARD_PATHS", parse.forward_paths, FORWARD_PATHS),
 )
-SECTIONS: dict[str, type[WebappConfig | ServerConfig | TokenConfig]] = {
+SECTIONS: dict[str, type[WebappConfig | ServerConfig | TokenConfig | PolicyConfig]] = {
     "webapp": WebappConfig,
     "server": ServerConfig,
     "tokens": TokenConfig,
+    "policy": PolicyConfig,
 }
 CONFIG_ENV = "GATEWAY_CONFIG"
 _BY_KEY = {(s.section, s.key): s for s in SETTINGS}
@@ -244,6 +255,7 @@ def load_config(path: str | Path | None, environ: Mapping[str, str]) -> Config:
         webapp=WebappConfig(**values["webapp"]),  # type: ignore[arg-type]
         server=ServerConfig(**values["server"]),  # type: ignore[arg-type]
         tokens=TokenConfig(**values["tokens"]),  # type: ignore[arg-type]
+        policy=PolicyConfig(**values["policy"]),  # type: ignore[arg-type]
         warnings=tuple(_warnings(values)),
     )
 
@@ -395,6 +407,8 @@ def describe(config: Config) -> Iterator[str]:
 
 
 def _toml_value(value: object) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(map(_toml_value, value)) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):

@@ -12,6 +12,11 @@ The rules are matched against a key that is the strictest reading any server mig
 percent-decoded, lower-cased and without ``;parameters``, so that neither a case-insensitive router
 nor one that drops path parameters (``/v1/Users/admin``, ``/v1/users;x/admin``) can reach the
 user endpoints with the gateway's credentials. What is sent is still the normalised path.
+
+Two tables decide, both matched against that key: the :data:`RULES` (first match wins) say what is
+special, such as the logins the gateway answers itself, the user endpoints it refuses and the
+endpoints that take the API key; the :class:`Prefixes` (``GATEWAY_FORWARD_PATHS``) say what may be
+forwarded at all. A path in neither is not the Webapp's API: 404, and it never reaches the Webapp.
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ class Rule:
 GET = frozenset({"GET"})
 POST = frozenset({"POST"})
 # First match wins. Everything under /v1/users but login and logout would act with the gateway's
-# admin credential, so it is refused; unmatched paths are not the Webapp's API and get 404.
+# admin credential, so it is refused, whatever the forwarded prefixes say.
 RULES: tuple[Rule, ...] = (
     Rule("/v1/users/login", Action.LOGIN, POST, exact=True),
     Rule("/v1/users/logout", Action.LOGOUT, POST, exact=True),
@@ -69,11 +74,64 @@ RULES: tuple[Rule, ...] = (
     Rule("/v1/health", Action.FORWARD_APIKEY, GET, exact=True),
     Rule("/v1/stats", Action.FORWARD_APIKEY, GET),
     Rule("/metrics", Action.FORWARD_APIKEY, GET, exact=True),
-    Rule("/metrics", Action.FORWARD, exact=True),
-    Rule("/v1", Action.FORWARD),
 )
 # TRACE would echo the injected credential back to the caller; CONNECT would open a tunnel.
 REFUSED_METHODS = frozenset({"TRACE", "CONNECT"})
+# The Webapp's whole API. As in nginx's "location = /path", a leading "=" means that path only.
+FORWARD_PATHS = ("/v1", "=/metrics")
+_NEVER_FORWARDED = ("/v1/users", "/_gateway")
+
+
+@dataclass(frozen=True)
+class Prefixes:
+    """The paths that may be forwarded: each one and everything below it, or, written
+    ``=/path``, that path alone.
+
+    Like rule paths, they are written decoded and in lower case (see :func:`forward_prefix`).
+    """
+
+    paths: tuple[str, ...] = FORWARD_PATHS
+    _exact: frozenset[str] = field(init=False, repr=False, compare=False)
+    _below: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        exact = {path.removeprefix("=") for path in self.paths}
+        below = tuple(path + "/" for path in self.paths if not path.startswith("="))
+        object.__setattr__(self, "_exact", frozenset(exact))
+        object.__setattr__(self, "_below", below)
+
+    def cover(self, key: str) -> bool:
+        """Whether the matching key of a normalised path lies within one of the prefixes."""
+        return key in self._exact or key.startswith(self._below)
+
+
+def forward_prefix(text: str) -> str:
+    """``text`` as a forwarded path (lower case, no trailing slash), or :class:`ValueError`.
+
+    It must be a normalised path with nothing to decode, optionally after ``=``, below the root
+    (forwarding everything would make the policy pointless) and outside the paths never
+    forwarded.
+    """
+    text = text.strip()
+    exact = "=" if text.startswith("=") else ""
+    text = text.removeprefix("=").lstrip()
+    if not text.startswith("/"):
+        raise ValueError("must hold paths that start with /, such as /v1/messages")
+    prefix = text.lower().rstrip("/")
+    if not prefix:
+        raise ValueError("must not hold /: name the Webapp's paths, such as /v1")
+    if "%" in prefix or ";" in prefix or "?" in prefix:
+        raise ValueError("must hold plain paths, without %-escapes, ';' parameters or a query")
+    try:
+        normalised = normalise_path(prefix)
+    except BadRequest:
+        normalised = None
+    if normalised != prefix:
+        raise ValueError("must hold normalised paths (no '.', '..' or empty segments)")
+    for never in _NEVER_FORWARDED:
+        if prefix == never or prefix.startswith(never + "/"):
+            raise ValueError(f"must not hold {never} or a path below it: they are never forwarded")
+    return exact + prefix
 
 
 @dataclass(frozen=True)
@@ -90,14 +148,21 @@ class Target:
         return self.path if self.query is None else f"{self.path}?{self.query}"
 
 
-def decide(method: str, raw_target: str, rules: tuple[Rule, ...] = RULES) -> Target:
-    """Check a request against ``rules``; raise :class:`~gateway.errors.Refused` if it may not."""
+def decide(
+    method: str,
+    raw_target: str,
+    prefixes: Prefixes = Prefixes(),  # frozen, so one shared default is safe
+    rules: tuple[Rule, ...] = RULES,
+) -> Target:
+    """Check a request against ``rules`` and ``prefixes``; raise
+    :class:`~gateway.errors.Refused` if it may not pass."""
     method = method.upper()  # methods are case-sensitive, but a lenient server may not think so
     if method in REFUSED_METHODS:
         raise MethodNotAllowed(f"{method} is not supported by the gateway.")
     raw_path, query = split_target(raw_target)
     path = normalise_path(raw_path)
     key = _matching_key(path)
+    action = Action.FORWARD
     for rule in rules:
         if rule.matches(method, key):
             if rule.action is None:
@@ -105,8 +170,16 @@ def decide(method: str, raw_target: str, rules: tuple[Rule, ...] = RULES) -> Tar
                     f"{method} {path} would act with the gateway's own credentials: "
                     "manage Webapp users directly, not through the gateway."
                 )
-            return Target(path, query, rule.action)
-    raise NotFound(f"{path} is not part of the Webapp API that the gateway forwards.")
+            if rule.action in _LOCAL:
+                return Target(path, query, rule.action)
+            action = rule.action
+            break
+    if not prefixes.cover(key):
+        raise NotFound(f"{path} is not part of the Webapp API that the gateway forwards.")
+    return Target(path, query, action)
+
+
+_LOCAL = frozenset({Action.LOGIN, Action.LOGOUT})
 
 
 # The query is forwarded as received; it only has to be printable ASCII to be one unambiguous thing.

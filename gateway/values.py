@@ -19,6 +19,7 @@ from pathlib import Path
 
 from yarl import URL
 
+from .policy import forward_prefix
 from .secret import Secret
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -278,6 +279,21 @@ def size(value: object) -> int:
     if size > MAX_SIZE:
         raise Invalid("must be at most 1PiB")
     return size
+
+
+def forward_paths(value: object) -> tuple[str, ...]:
+    """A TOML array of paths, or a comma-separated string of them (the environment's form)."""
+    if isinstance(value, str):
+        value = [entry for entry in value.split(",") if entry.strip()]
+    if not isinstance(value, list) or not all(isinstance(entry, str) for entry in value):
+        raise Invalid("must be a list of paths, such as /v1/messages,/v1/media")
+    if not value:
+        raise Invalid("must hold at least one path")
+    try:
+        prefixes = [forward_prefix(entry) for entry in value]
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+    return tuple(dict.fromkeys(prefixes))  # in order, without repeats
 
 
 def log_level(value: object) -> str:

@@ -9,7 +9,7 @@ import tomllib
 from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
-from typing import get_args, get_type_hints
+from typing import get_args, get_origin, get_type_hints
 
 import pytest
 import trustme
@@ -412,6 +412,53 @@ def test_log_level_refuses_other_names(given: str) -> None:
     assert problem(GATEWAY_LOG_LEVEL=given) == (
         "GATEWAY_LOG_LEVEL (server.log_level): must be one of debug, info, warning, error"
     )
+
+
+# --- the forwarded paths -------------------------------------------------------------------------
+
+
+def test_forward_paths_default_to_the_webapps_api() -> None:
+    assert load().policy.forward_paths == ("/v1", "=/metrics")
+
+
+def test_forward_paths_come_comma_separated_from_the_environment() -> None:
+    config = load(GATEWAY_FORWARD_PATHS=" /v1/messages, /V1/Media/ ,,=/metrics,/v1/messages")
+    assert config.policy.forward_paths == ("/v1/messages", "/v1/media", "=/metrics")
+
+
+def test_forward_paths_come_as_an_array_from_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path / "g.toml", '[policy]\nforward_paths = ["/v1/messages", "=/v1/health"]\n')
+    assert load(path).policy.forward_paths == ("/v1/messages", "=/v1/health")
+
+
+@pytest.mark.parametrize(
+    ("given", "complaint"),
+    [
+        ("", "must not be empty"),
+        (" , ", "must hold at least one path"),
+        ("v1", "must hold paths that start with /, such as /v1/messages"),
+        ("/v1,/", "must not hold /: name the Webapp's paths, such as /v1"),
+        ("/v1/users/admin", "must not hold /v1/users or a path below it: they are never forwarded"),
+        ("/v1/%6Dessages", "must hold plain paths, without %-escapes, ';' parameters or a query"),
+        ("/v1/../etc", "must hold normalised paths (no '.', '..' or empty segments)"),
+    ],
+)
+def test_forward_paths_that_the_policy_cannot_honour_are_refused(
+    given: str, complaint: str
+) -> None:
+    if not given:
+        assert load(GATEWAY_FORWARD_PATHS=given).policy.forward_paths == ("/v1", "=/metrics")
+        return  # an empty variable counts as unset
+    assert problem(GATEWAY_FORWARD_PATHS=given) == (
+        f"GATEWAY_FORWARD_PATHS (policy.forward_paths): {complaint}"
+    )
+
+
+@pytest.mark.parametrize("text", ["forward_paths = []", "forward_paths = [1]", "forward_paths = 1"])
+def test_forward_paths_in_the_file_must_be_a_list_of_paths(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path / "g.toml", f"[policy]\n{text}\n")
+    [line] = problems(path)
+    assert line.startswith("GATEWAY_FORWARD_PATHS (policy.forward_paths): must ")
 
 
 # --- credentials ----------------------------------------------------------------------------------
@@ -850,7 +897,8 @@ def test_unknown_key_is_reported_without_its_value(tmp_path: Path) -> None:
 def test_unknown_section_is_reported(tmp_path: Path) -> None:
     path = write(tmp_path / "g.toml", "[proxy]\nlisten = 1\n")
     assert problems(path) == [
-        f"config file {path}: unknown section [proxy] (sections are [webapp], [server], [tokens])"
+        f"config file {path}: unknown section [proxy] "
+        "(sections are [webapp], [server], [tokens], [policy])"
     ]
 
 
@@ -920,6 +968,10 @@ def test_settings_table_and_dataclass_agree_field_by_field(section: str) -> None
 @pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.env)
 def test_each_default_has_the_type_of_its_field(setting: Setting[object]) -> None:
     hint = get_type_hints(SECTIONS[setting.section])[setting.key]
+    if get_origin(hint) is tuple:  # tuple[str, ...]: the container, then each item
+        assert isinstance(setting.default, tuple)
+        assert all(isinstance(item, get_args(hint)[0]) for item in setting.default)
+        return
     assert setting.default is REQUIRED or isinstance(setting.default, hint)
 
 

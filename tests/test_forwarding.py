@@ -208,6 +208,28 @@ async def test_paths_outside_the_api_get_404_and_never_reach_the_webapp(
     assert [s for s in rig.sim.seen if s.path_qs != "/v1/users/login"] == []
 
 
+async def test_forward_paths_narrow_what_reaches_the_webapp(make_rig: MakeRig) -> None:
+    """With GATEWAY_FORWARD_PATHS, a path outside the list gets 404 and never reaches the
+    Webapp, a listed path (matched case-insensitively, after normalising) and what lies below it
+    are forwarded, and logins are still answered by the gateway."""
+    rig = await make_rig(env={"GATEWAY_FORWARD_PATHS": "/v1/messages, /V1/Media/"})
+    async with rig.client.post("/v1/users/login") as response:
+        assert response.status == 200
+    for method, path, expected in [
+        ("POST", "/v1/messages", 201),
+        ("POST", "/v1/Messages", 404),  # the Webapp routes case-sensitively: its 404
+        ("GET", "/v1/media/unknown", 404),
+        ("GET", "/v1/health", 404),
+        ("GET", "/metrics", 404),
+        ("GET", "/v1/messagesx", 404),
+        ("GET", "/v1/users/admin", 403),
+    ]:
+        async with rig.client.request(method, path, json=MESSAGE) as response:
+            assert response.status == expected, (method, path)
+    forwarded = [s.path_qs for s in rig.sim.seen if s.path_qs != "/v1/users/login"]
+    assert forwarded == ["/v1/messages", "/v1/Messages", "/v1/media/unknown"]
+
+
 @pytest.mark.parametrize(
     ("target", "sent"),
     [

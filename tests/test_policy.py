@@ -10,7 +10,17 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import BadRequest, Forbidden, MethodNotAllowed, NotFound, Refused
-from gateway.policy import RULES, Action, Rule, Target, decide, normalise_path, split_target
+from gateway.policy import (
+    RULES,
+    Action,
+    Prefixes,
+    Rule,
+    Target,
+    decide,
+    forward_prefix,
+    normalise_path,
+    split_target,
+)
 
 FORWARD = Action.FORWARD
 APIKEY = Action.FORWARD_APIKEY
@@ -247,13 +257,90 @@ def test_split_target_drops_the_authority() -> None:
 
 
 def test_custom_rules() -> None:
-    """Rules are data: the first match wins and unmatched paths are not found."""
-    rules = (Rule("/v1/media", None, frozenset({"DELETE"})), Rule("/v1", Action.FORWARD))
-    assert decide("GET", "/v1/media/1", rules).action is FORWARD
+    """Rules are data: the first match wins, and a path no rule names is forwarded when the
+    prefixes cover it, and not found otherwise."""
+    rules = (Rule("/v1/media", None, frozenset({"DELETE"})),)
+    prefixes = Prefixes(("/v1",))
+    assert decide("GET", "/v1/media/1", prefixes, rules).action is FORWARD
     with pytest.raises(Forbidden):
-        decide("DELETE", "/v1/media/1", rules)
+        decide("DELETE", "/v1/media/1", prefixes, rules)
     with pytest.raises(NotFound):
-        decide("GET", "/metrics", rules)
+        decide("GET", "/metrics", prefixes, rules)
+
+
+NARROW = Prefixes(("/v1/messages", "=/v1/stats/app", "/v2"))
+
+
+@pytest.mark.parametrize(
+    ("method", "raw_target", "outcome"),
+    [
+        ("POST", "/v1/messages", FORWARD),
+        ("GET", "/v1/messages/abc", FORWARD),
+        ("POST", "/V1/MESSAGES", FORWARD),
+        ("POST", "/v1/media/../messages", FORWARD),
+        ("GET", "/v1/messagesx", NotFound),
+        ("GET", "/v1", NotFound),
+        ("GET", "/v1/media", NotFound),
+        ("GET", "/v1/stats/app", APIKEY),  # a covered path keeps its credential
+        ("GET", "/v1/stats/app/x", NotFound),  # "=": that path alone
+        ("GET", "/v1/stats/db", NotFound),
+        ("GET", "/v1/health", NotFound),
+        ("GET", "/metrics", NotFound),
+        ("GET", "/v2/anything", FORWARD),  # a prefix may reach beyond the default API
+        ("POST", "/v1/users/login", LOGIN),  # answered locally whatever the prefixes say
+        ("POST", "/v1/users/logout", LOGOUT),
+        ("DELETE", "/v1/users/admin", Forbidden),
+    ],
+)
+def test_forward_prefixes_decide_what_may_be_forwarded(
+    method: str, raw_target: str, outcome: Action | type[Refused]
+) -> None:
+    try:
+        result: Action | type[Refused] = decide(method, raw_target, NARROW).action
+    except Refused as refused:
+        result = type(refused)
+    assert result == outcome
+
+
+@pytest.mark.parametrize(
+    ("text", "prefix"),
+    [
+        ("/v1/messages", "/v1/messages"),
+        (" /V1/Media/ ", "/v1/media"),
+        ("/v2", "/v2"),
+        ("/v1", "/v1"),  # /v1/users below it stays refused by the rules
+        ("=/metrics", "=/metrics"),
+        (" = /Metrics/ ", "=/metrics"),
+    ],
+)
+def test_forward_prefix_accepts_plain_paths(text: str, prefix: str) -> None:
+    assert forward_prefix(text) == prefix
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("v1", "start with /"),
+        ("", "start with /"),
+        ("/", "must not hold /"),
+        ("=/", "must not hold /"),
+        ("=metrics", "start with /"),
+        ("==/metrics", "start with /"),
+        ("/v1/%6Dessages", "without %-escapes"),
+        ("/v1;x", "without %-escapes"),
+        ("/v1?x=1", "without %-escapes"),
+        ("/v1/./messages", "normalised"),
+        ("/v1//messages", "normalised"),
+        ("/v1/a/../messages", "normalised"),
+        ("/v1/me ssages", "normalised"),
+        ("/v1/users", "/v1/users or a path below it"),
+        ("/V1/Users/admin", "/v1/users or a path below it"),
+        ("/_gateway/metrics", "/_gateway or a path below it"),
+    ],
+)
+def test_forward_prefix_refuses_what_the_policy_could_not_honour(text: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        forward_prefix(text)
 
 
 def test_rules_are_written_decoded_and_lower_case() -> None:
@@ -324,6 +411,27 @@ def test_decide_only_passes_canonical_targets(method: str, raw_target: str) -> N
     assert decide(method, target.path_qs) == target
     if target.query is not None:
         assert raw_target.endswith("?" + target.query)
+
+
+@SETTINGS
+@given(method=METHODS, raw_target=TARGETS)
+@example(method="GET", raw_target="/v1/%6Dessages")
+@example(method="GET", raw_target="/v1/messages%3Bx")
+def test_only_covered_paths_are_forwarded(method: str, raw_target: str) -> None:
+    """Whatever the encoding, a forwarded path decodes to a listed prefix or lies below one."""
+    try:
+        target = decide(method, raw_target, NARROW)
+    except Refused:
+        return
+    if target.action in (LOGIN, LOGOUT):
+        return
+    # A ;parameter is no part of the path to a server that drops them, so it counts for nothing.
+    key = re.sub(r";[^/]*", "", unquote(target.path).lower())
+    covered = any(
+        key == path.removeprefix("=") or (path[0] == "/" and key.startswith(path + "/"))
+        for path in NARROW.paths
+    )
+    assert covered, target
 
 
 SENSITIVE = (LOGIN, LOGOUT, Forbidden)
