@@ -23,6 +23,7 @@ from multidict import CIMultiDict
 from .access import Exchange
 from .body import ReplayableBody, check_declared_size
 from .config import ServerConfig
+from .cutoff import next_chunk
 from .deadlines import extend
 from .errors import BadFraming, GatewayError
 from .headers import downstream_headers, upstream_headers
@@ -165,18 +166,19 @@ class Forwarder:
             # upstream_idle_timeout, the client may stop reading for client_send_timeout.
             async with asyncio.timeout_at(loop.time() + limits.client_send_timeout) as deadline:
                 await response.prepare(request)
-                while True:
-                    waiting_for = "webapp"
-                    idle = limits.upstream_idle_timeout
-                    extend(deadline, loop.time() + idle, idle)
-                    chunk = await answer.content.readany()
-                    if not chunk:
-                        break
-                    waiting_for = "client"
-                    send = limits.client_send_timeout
-                    extend(deadline, loop.time() + send, send)
-                    await response.write(chunk)
-                    exchange.bytes_out += len(chunk)
+                with self.webapp.cuts.reading(answer):
+                    while True:
+                        waiting_for = "webapp"
+                        idle = limits.upstream_idle_timeout
+                        extend(deadline, loop.time() + idle, idle)
+                        chunk = await next_chunk(answer.content)
+                        if not chunk:
+                            break
+                        waiting_for = "client"
+                        send = limits.client_send_timeout
+                        extend(deadline, loop.time() + send, send)
+                        await response.write(chunk)
+                        exchange.bytes_out += len(chunk)
         except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
             self._broken(request, exchange, waiting_for, exc)
         finally:

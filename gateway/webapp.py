@@ -15,6 +15,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .config import Config
+from .cutoff import CutWatch
 from .deadlines import extend
 from .errors import GatewayError, WebappTimeout, WebappUnreachable
 from .login import BadCredentials, Grant, InvalidLoginAnswer, WebappUnavailable, parse_login
@@ -112,6 +113,8 @@ class Webapp:
         server = config.server
         # Forwarded requests hold one of these from sending until their answer has streamed back.
         self.slots = Slots(server.upstream_connections, server.upstream_queue_timeout)
+        # Answers whose body is being read, failed at once if their connection closes first.
+        self.cuts = CutWatch()
 
     async def open(self) -> None:
         """Create the connection pool (inside the running loop)."""
