@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import socket
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -38,11 +39,28 @@ FRESH = {"Connection": "close"}
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 that nothing listens on right now, for a child process to bind.
+
+    It is chosen below the kernel's ephemeral range: a port from that range could be handed to
+    an outgoing connection of a test running in parallel before the child binds it.
+    """
+    low = _ephemeral_floor()
+    for _ in range(100):
+        port = random.randrange(max(1024, low - 16384), low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port below {low}")
+
+
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def child_env(settings: Mapping[str, str]) -> dict[str, str]:
