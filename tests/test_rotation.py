@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from aiohttp import web
+from aiohttp.typedefs import Handler
 from pytest_aiohttp import AiohttpServer
 
 from gateway.config import ConfigError, load_config
@@ -796,6 +798,40 @@ async def test_rotate_password_reports_a_refusal_and_changes_nothing(
     assert out == ""
     assert stored(password_path) == OLD
     assert sim.password == "Changed-elsewhere-5%"
+
+
+async def test_rotate_password_reports_a_new_password_it_could_not_rename_into_place(
+    aiohttp_server: AiohttpServer, env_for: dict[str, str], password_path: Path, tmp_path: Path
+) -> None:
+    """The Webapp took the new password, but the file could not be replaced (here a directory
+    took its place meanwhile): exit 1, and the new password waits in ``<file>.next``, where the
+    next login finds it."""
+    sim = Simulator(password=OLD, password_change_required=False)
+
+    def block_the_file() -> None:
+        password_path.unlink()
+        (password_path / "in-the-way").mkdir(parents=True)
+
+    @web.middleware
+    async def replace_the_file(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        if sim.password != OLD:  # the change took effect with this login: before its answer
+            block_the_file()
+        return response
+
+    app = sim.make_app()
+    app.middlewares.append(replace_the_file)
+    url = str((await aiohttp_server(app)).make_url("")).rstrip("/")
+    status, out, err = await rotate_password({**env_for, "WA_WEBAPP_URL": url}, tmp_path)
+    assert status == 1
+    assert out == ""
+    assert "password.commit_failed" in err
+    waiting = PasswordFile(password_path).next_path
+    assert f"the Webapp took the new password, but it waits in {waiting}" in err
+    assert waiting.read_text(encoding="utf-8").strip() == sim.password != OLD
+    assert "Traceback" not in err
+    for secret in (OLD, sim.password, *sim.issued_tokens):
+        assert secret not in out + err
 
 
 async def test_rotate_password_needs_a_password_file(tmp_path: Path) -> None:
