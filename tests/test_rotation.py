@@ -34,7 +34,8 @@ from gateway.metrics import Metrics
 from gateway.passwords import CHARACTER_CLASSES, PasswordFile, new_password
 from gateway.rotation import SETTLE_AFTER, Rotator, _on_disk, log_in
 from gateway.secret import Secret
-from gateway.simulator import LoginFault, Simulator, _password_problem
+from gateway.sim.answers import password_problem
+from gateway.simulator import LoginFault, Simulator
 from gateway.tokens import Account, TokenPool
 
 from .conftest import API_KEY, MESSAGE, TEST_ENV, Logs, MakeRig, Rig, until
@@ -52,7 +53,7 @@ def test_new_passwords_meet_the_webapps_rules_and_differ() -> None:
     passwords = [new_password(rng).reveal() for _ in range(2000)]
     for password in passwords:
         # The simulator's own reading of the Webapp's rules, written apart from the generator.
-        assert _password_problem(password, "new_password") is None, password
+        assert password_problem(password, "new_password") is None, password
         assert len(password) == 32
         assert all(any(c in group for c in password) for group in CHARACTER_CLASSES)
     assert len(set(passwords)) == len(passwords)

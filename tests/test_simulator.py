@@ -722,6 +722,18 @@ async def test_media_over_the_limit_is_refused(
     assert sim.seen[-1].body_size > 1000
 
 
+async def test_max_media_size_set_on_a_serving_simulator_applies_to_the_next_upload(
+    sim: Simulator, client: Client
+) -> None:
+    auth = bearer(await login(client))
+    sim.max_media_size = 10
+    refused = await client.post("/v1/media", headers=auth, data=b"x" * 11)
+    assert (refused.status, await error_code(refused)) == (413, 1009)
+    sim.max_media_size = 11
+    accepted = await client.post("/v1/media", headers=auth, data=b"x" * 11)
+    assert accepted.status == 201
+
+
 async def test_synthetic_media_download(sim: Simulator, client: Client) -> None:
     size = 200_003
     media_id = sim.add_media(size, "video/mp4")
