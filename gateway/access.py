@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 
 import structlog
+from aiohttp import web
 
 from .metrics import Metrics
 
@@ -26,6 +27,7 @@ class Exchange:
     bytes_in: int = 0
     bytes_out: int = 0
     failure: str | None = None  # why the answer was cut short or refused, when it was
+    streaming: web.StreamResponse | None = None  # the answer whose status line went out
 
 
 def completed(

@@ -261,6 +261,11 @@ async def _answer(request: web.Request, handler: Handler, exchange: Exchange) ->
         response.set_status(CLIENT_CLOSED)
     except Exception as exc:
         log_crash("request.crashed", exc)
+        exchange.failure = "crashed"
+        if exchange.streaming is not None:
+            # Its status line went out: an error answer now would land inside its body.
+            request.protocol.force_close()
+            return exchange.streaming
         response = error_response(GatewayError("The gateway failed unexpectedly; see its log."))
     if not response.prepared:  # answered here, not streamed from the Webapp
         response.headers[REQUEST_ID] = exchange.request_id

@@ -4,8 +4,11 @@ aiohttp's C parser (3.14) drops a response whose chunked framing breaks mid-body
 that is not hex, a chunk longer or shorter than it said) by closing the connection, but never
 fails the body's stream: ``readany()`` then waits until ``GATEWAY_UPSTREAM_IDLE_TIMEOUT`` for
 bytes that cannot come, holding a client and a Webapp slot, and one called after the close raises
-a bare ``RuntimeError``. Its pure-Python parser fails the stream itself. :class:`CutWatch` fails
-it on the close, so the client sees its broken answer at once and the failure is counted as a cut.
+a bare ``RuntimeError``. Its pure-Python parser (``AIOHTTP_NO_EXTENSIONS``) fails the stream
+itself, but with an ``HttpProcessingError``, which is no ``aiohttp.ClientError``. :class:`CutWatch`
+fails the stream on the close, and :func:`next_chunk` turns both exceptions into the
+``ClientPayloadError`` of a body cut short, so the client sees its broken answer at once and the
+failure is counted as a cut.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from functools import partial
 
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
+from aiohttp.http_exceptions import HttpProcessingError
 
 CUT = "The Webapp's connection closed before the response body ended."
 
@@ -43,11 +47,15 @@ class CutWatch:
         if protocol not in self._watched:
             self._watched.add(protocol)
             closed.add_done_callback(partial(self._closed, protocol))
-        self._reading[protocol] = answer.content
+        content = self._reading[protocol] = answer.content
         try:
             yield
         finally:
-            self._reading.pop(protocol, None)
+            # aiohttp returns the connection to the pool once the body is in, which can be
+            # before the last of it reached a slow client: by now the entry may be another
+            # answer's, on the same connection, and is left to it.
+            if self._reading.get(protocol) is content:
+                del self._reading[protocol]
 
     def _closed(self, protocol: ResponseHandler, closed: asyncio.Future[None]) -> None:
         if not closed.cancelled():
@@ -61,10 +69,13 @@ async def next_chunk(content: aiohttp.StreamReader) -> bytes:
     """The next part of a response body; ``b""`` at its end.
 
     Raises :class:`aiohttp.ClientPayloadError` for a body cut short, also when the close was
-    noticed before :class:`CutWatch` heard of it (aiohttp raises ``RuntimeError`` then).
+    noticed before :class:`CutWatch` heard of it (aiohttp raises ``RuntimeError`` then), and for
+    framing that aiohttp's pure-Python parser refused.
     """
     try:
         return await content.readany()
+    except HttpProcessingError as exc:  # the pure-Python parser's verdict on the framing
+        raise aiohttp.ClientPayloadError(CUT) from exc
     except RuntimeError as exc:
         if str(exc) != _CLOSED:
             raise  # a misuse (two readers at once), not the Webapp's doing: let it surface

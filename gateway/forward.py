@@ -165,6 +165,7 @@ class Forwarder:
             # One deadline, moved before every wait: the Webapp may stay silent for
             # upstream_idle_timeout, the client may stop reading for client_send_timeout.
             async with asyncio.timeout_at(loop.time() + limits.client_send_timeout) as deadline:
+                exchange.streaming = response
                 await response.prepare(request)
                 with self.webapp.cuts.reading(answer):
                     while True:

@@ -106,32 +106,37 @@ class Prefixes:
 
 
 def forward_prefix(text: str) -> str:
-    """``text`` as a forwarded path (lower case, no trailing slash), or :class:`ValueError`.
+    """``text`` as a forwarded path (lower case), or :class:`ValueError`.
 
-    It must be a normalised path with nothing to decode, optionally after ``=``, below the root
-    (forwarding everything would make the policy pointless) and outside the paths never
-    forwarded.
+    It must be a normalised path with nothing to decode, below the root (forwarding everything
+    would make the policy pointless) and outside the paths never forwarded. A prefix loses its
+    trailing slash (``/v1/`` covers what ``/v1`` covers); an exact ``=`` path keeps it, since
+    ``/v1/media/`` is another path than ``/v1/media``.
     """
     text = text.strip()
-    exact = "=" if text.startswith("=") else ""
-    text = text.removeprefix("=").lstrip()
-    if not text.startswith("/"):
+    exact = text.startswith("=")
+    path = text.removeprefix("=").lstrip().lower()
+    if not path.startswith("/"):
         raise ValueError("must hold paths that start with /, such as /v1/messages")
-    prefix = text.lower().rstrip("/")
-    if not prefix:
+    if not _PLAIN_PATH_CHARS.issuperset(path):
+        raise ValueError(
+            "must hold plain paths: no spaces, %-escapes, ';' parameters, query or characters "
+            "beyond ASCII (separate paths with commas)"
+        )
+    if not exact:
+        path = path.rstrip("/")
+    if path in ("", "/"):
         raise ValueError("must not hold /: name the Webapp's paths, such as /v1")
-    if "%" in prefix or ";" in prefix or "?" in prefix:
-        raise ValueError("must hold plain paths, without %-escapes, ';' parameters or a query")
     try:
-        normalised = normalise_path(prefix)
+        normalised = normalise_path(path)
     except BadRequest:
         normalised = None
-    if normalised != prefix:
+    if normalised != path:
         raise ValueError("must hold normalised paths (no '.', '..' or empty segments)")
     for never in _NEVER_FORWARDED:
-        if prefix == never or prefix.startswith(never + "/"):
+        if path.rstrip("/") == never or path.startswith(never + "/"):
             raise ValueError(f"must not hold {never} or a path below it: they are never forwarded")
-    return exact + prefix
+    return "=" + path if exact else path
 
 
 @dataclass(frozen=True)
@@ -207,6 +212,7 @@ def split_target(raw_target: str) -> tuple[str, str | None]:
 
 _UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
 _PATH_CHARS = _UNRESERVED | frozenset("!$&'()*+,;=:@/%")
+_PLAIN_PATH_CHARS = _PATH_CHARS - {";", "%"}  # what a forwarded path may be written with
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # Escaped, these would let one path mean two things: a separator to one server, data to another.

@@ -439,7 +439,11 @@ def test_forward_paths_come_as_an_array_from_the_file(tmp_path: Path) -> None:
         ("v1", "must hold paths that start with /, such as /v1/messages"),
         ("/v1,/", "must not hold /: name the Webapp's paths, such as /v1"),
         ("/v1/users/admin", "must not hold /v1/users or a path below it: they are never forwarded"),
-        ("/v1/%6Dessages", "must hold plain paths, without %-escapes, ';' parameters or a query"),
+        (
+            "/v1/messages /v1/media",
+            "must hold plain paths: no spaces, %-escapes, ';' parameters, query or characters "
+            "beyond ASCII (separate paths with commas)",
+        ),
         ("/v1/../etc", "must hold normalised paths (no '.', '..' or empty segments)"),
     ],
 )

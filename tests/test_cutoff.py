@@ -1,8 +1,9 @@
 """A response whose chunked framing breaks mid-body: the client sees a broken answer at once.
 
-aiohttp's C parser closes such a connection without failing the body's stream (see
-:mod:`gateway.cutoff`); these tests put a Webapp that writes raw bytes behind a real gateway and
-check that the answer is cut, counted as a cut (not as a silence that outlasted
+aiohttp's C parser closes such a connection without failing the body's stream, its pure-Python
+parser fails it with an exception no handler expected (see :mod:`gateway.cutoff`). These tests
+put a Webapp that writes raw bytes behind a real gateway, with each parser, and check that the
+answer is cut, counted as a cut (not as a silence that outlasted
 ``GATEWAY_UPSTREAM_IDLE_TIMEOUT``, set far beyond the test's bound here), reached the Webapp once,
 and that the next request is served on a fresh connection.
 """
@@ -15,13 +16,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import aiohttp
+import aiohttp.client_proto
 import pytest
-from aiohttp import web
+from aiohttp import http_parser, web
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.http_exceptions import TransferEncodingError
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
 from gateway.app import GATEWAY, create_app
-from gateway.cutoff import next_chunk
+from gateway.cutoff import CutWatch, next_chunk
 
 from .conftest import GatewayTestServer, Logs, gateway_config
 
@@ -79,8 +83,20 @@ class RawWebapp:
             writer.close()
 
 
+PARSERS = {"c": http_parser.HttpResponseParser, "python": http_parser.HttpResponseParserPy}
+
+
+@pytest.fixture(params=list(PARSERS))
+def parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test once with the parser aiohttp picks (C, when built) and once with its pure-Python
+    one (``AIOHTTP_NO_EXTENSIONS``): the gateway's client parses with it."""
+    name: str = request.param
+    monkeypatch.setattr(aiohttp.client_proto, "HttpResponseParser", PARSERS[name])
+    return name
+
+
 @pytest.fixture
-async def raw_webapp() -> AsyncIterator[RawWebapp]:
+async def raw_webapp(parser: str) -> AsyncIterator[RawWebapp]:
     webapp = RawWebapp(GOOD_TAIL)
     server = await asyncio.start_server(webapp.serve, "127.0.0.1", 0)
     webapp.port = server.sockets[0].getsockname()[1]
@@ -147,9 +163,51 @@ class _Gone(asyncio.Protocol):
     connected = False
     _reading_paused = False
 
-    def resume_reading(self) -> None: ...
+    def resume_reading(self, resume_parser: bool = True) -> None: ...
 
     def pause_reading(self) -> None: ...
+
+
+def answer_on(protocol: ResponseHandler, stream: aiohttp.StreamReader) -> aiohttp.ClientResponse:
+    """A stand-in for a response being read on ``protocol``: what CutWatch looks at."""
+
+    class Connection:
+        def __init__(self) -> None:
+            self.protocol = protocol
+
+    class Answer:
+        connection = Connection()
+        content = stream
+
+    return Answer()  # type: ignore[return-value]  # only .connection.protocol and .content
+
+
+async def test_a_relay_that_ends_late_leaves_the_next_answer_on_its_connection_watched() -> None:
+    """aiohttp gives the connection back once a body is in, possibly before the relay has sent
+    the last of it to a slow client; the answer read next on that connection stays watched."""
+    loop = asyncio.get_running_loop()
+    protocol = ResponseHandler(loop)
+    first = aiohttp.StreamReader(_Gone(), 2**16, loop=loop)  # type: ignore[arg-type]  # a stand-in protocol
+    second = aiohttp.StreamReader(_Gone(), 2**16, loop=loop)  # type: ignore[arg-type]  # a stand-in protocol
+    cuts = CutWatch()
+    with cuts.reading(answer_on(protocol, first)):
+        first.feed_eof()
+        reading_second = cuts.reading(answer_on(protocol, second))
+        reading_second.__enter__()
+    protocol.connection_lost(None)
+    await asyncio.sleep(0)  # the close's callbacks run
+    assert isinstance(second.exception(), aiohttp.ClientPayloadError)
+    assert first.exception() is None  # it had ended whole
+    reading_second.__exit__(None, None, None)
+
+
+async def test_framing_refused_by_the_python_parser_is_a_cut() -> None:
+    stream = aiohttp.StreamReader(_Gone(), 2**16, loop=asyncio.get_running_loop())  # type: ignore[arg-type]  # a stand-in protocol
+    stream.set_exception(
+        TransferEncodingError("Not enough data to satisfy transfer length header.")
+    )
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await next_chunk(stream)
 
 
 async def test_a_read_after_the_close_is_a_cut_not_a_crash() -> None:

@@ -7,9 +7,12 @@ import socket
 
 import aiohttp
 import pytest
+from aiohttp import web
 
+from gateway.access import Exchange
 from gateway.simulator import Fault
 
+from . import rawhttp
 from .conftest import MESSAGE, MakeRig, Rig, error_of, warmed
 
 
@@ -187,3 +190,30 @@ async def test_a_webapp_that_keeps_taking_a_large_upload_is_not_timed_out(
         assert response.status == 200
     (upload,) = rig.sim.seen_on("/v1/media")
     assert upload.body_size == size
+
+
+async def test_a_crash_after_the_answer_began_closes_the_connection(rig: Rig) -> None:
+    """Its status line went out: an error answer now would land inside its body, on a connection
+    the client would keep using. The connection is closed instead, and the crash logged."""
+
+    async def streams_then_crashes(
+        request: web.Request, _target: object, exchange: Exchange
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        exchange.streaming = response
+        await response.prepare(request)
+        await response.write(b"partial")
+        raise RuntimeError("a bug")
+
+    rig.gateway.forwarder = streams_then_crashes  # type: ignore[assignment]
+    raw = await rawhttp.exchange(
+        "127.0.0.1", rig.client.port, b"GET /v1/media/x HTTP/1.1\r\nHost: gateway\r\n\r\n"
+    )
+    assert raw.startswith(b"HTTP/1.1 200 ")
+    assert raw.count(b"HTTP/1.1") == 1  # no second status line inside the body
+    assert b"partial" in raw
+    assert b"500" not in raw
+    [crash] = rig.logs.named("request.crashed")
+    assert crash["error"] == "RuntimeError"
+    [completed] = rig.logs.named("request.completed")
+    assert (completed["status"], completed["failure"]) == (200, "crashed")

@@ -268,7 +268,7 @@ def test_custom_rules() -> None:
         decide("GET", "/metrics", prefixes, rules)
 
 
-NARROW = Prefixes(("/v1/messages", "=/v1/stats/app", "/v2"))
+NARROW = Prefixes(("/v1/messages", "=/v1/stats/app", "=/v1/media/", "/v2"))
 
 
 @pytest.mark.parametrize(
@@ -281,6 +281,8 @@ NARROW = Prefixes(("/v1/messages", "=/v1/stats/app", "/v2"))
         ("GET", "/v1/messagesx", NotFound),
         ("GET", "/v1", NotFound),
         ("GET", "/v1/media", NotFound),
+        ("GET", "/v1/media/", FORWARD),  # "=/v1/media/": that path alone, its slash included
+        ("GET", "/v1/media/1", NotFound),
         ("GET", "/v1/stats/app", APIKEY),  # a covered path keeps its credential
         ("GET", "/v1/stats/app/x", NotFound),  # "=": that path alone
         ("GET", "/v1/stats/db", NotFound),
@@ -310,7 +312,8 @@ def test_forward_prefixes_decide_what_may_be_forwarded(
         ("/v2", "/v2"),
         ("/v1", "/v1"),  # /v1/users below it stays refused by the rules
         ("=/metrics", "=/metrics"),
-        (" = /Metrics/ ", "=/metrics"),
+        (" = /Metrics ", "=/metrics"),
+        ("=/v1/media/", "=/v1/media/"),  # exact: another path than /v1/media
     ],
 )
 def test_forward_prefix_accepts_plain_paths(text: str, prefix: str) -> None:
@@ -326,13 +329,16 @@ def test_forward_prefix_accepts_plain_paths(text: str, prefix: str) -> None:
         ("=/", "must not hold /"),
         ("=metrics", "start with /"),
         ("==/metrics", "start with /"),
-        ("/v1/%6Dessages", "without %-escapes"),
-        ("/v1;x", "without %-escapes"),
-        ("/v1?x=1", "without %-escapes"),
+        ("/v1/%6Dessages", "must hold plain paths"),
+        ("/v1;x", "must hold plain paths"),
+        ("/v1?x=1", "must hold plain paths"),
+        ("/v1/messages /v1/media", "separate paths with commas"),
+        ("/v1/m\u00e9dia", "must hold plain paths"),
+        ("/v1/#x", "must hold plain paths"),
         ("/v1/./messages", "normalised"),
         ("/v1//messages", "normalised"),
         ("/v1/a/../messages", "normalised"),
-        ("/v1/me ssages", "normalised"),
+        ("/v1/me ssages", "no spaces"),
         ("/v1/users", "/v1/users or a path below it"),
         ("/V1/Users/admin", "/v1/users or a path below it"),
         ("/_gateway/metrics", "/_gateway or a path below it"),

@@ -1115,6 +1115,29 @@ async def test_fault_cut_body(sim: Simulator, client: Client) -> None:
         await resp.read()
 
 
+async def test_fault_bad_chunk(sim: Simulator, client: Client) -> None:
+    """A chunked answer whose framing breaks after its first chunk, on a connection the
+    simulator keeps open until the client goes; a HEAD answer gets the headers alone."""
+    assert isinstance(client, TestClient)
+    sim.faults.append(Fault("bad_chunk", times=2))
+    token = await login(client)
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        request = f"GET /v1/health HTTP/1.1\r\nHost: sim\r\nAuthorization: Bearer {token}\r\n\r\n"
+        writer.write(request.encode())
+        async with asyncio.timeout(5):
+            raw = await reader.readuntil(b"zz\r\n")
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"transfer-encoding: chunked" in head.lower()
+    assert body == b"3e8\r\n" + b"x" * 1000 + b"\r\nzz\r\n"
+    answer = await raw_answer(client, "HEAD", "/v1/health", token)
+    assert (answer.status, answer.body) == (200, b"")
+    await settled(sim)
+
+
 async def test_fault_stall(sim: Simulator, served: aiohttp.ClientSession) -> None:
     sim.faults.append(Fault("stall"))
     with pytest.raises(TimeoutError):

@@ -109,6 +109,7 @@ SCENARIO_NAMES = [
     "reset_before_request_sent",
     "reset_after_request_sent",
     "response_cut_mid_body",
+    "response_framing_breaks_mid_body",
     "headers_never_come",
     "body_trickles_within_timeout",
     "body_trickles_past_timeout",
@@ -155,6 +156,11 @@ SCENARIOS = [
         answer="502", attempts=1, logins=0, ready=200, recovery_logins=0),
     Scenario("response_cut_mid_body", "warm", Fault("cut_body", MESSAGES),
         answer="200 cut", attempts=1, logins=0, ready=200, recovery_logins=0),
+    # The Webapp keeps the connection open: only the framing says the answer is broken. The
+    # long idle timeout makes a gateway that waited for it fail the test's bound.
+    Scenario("response_framing_breaks_mid_body", "warm", Fault("bad_chunk", MESSAGES),
+        answer="200 cut", attempts=1, logins=0, ready=200, recovery_logins=0,
+        env={"GATEWAY_UPSTREAM_IDLE_TIMEOUT": "600"}),
     Scenario("headers_never_come", "warm", Fault("stall", MESSAGES),
         answer="504", attempts=1, logins=0, ready=200, recovery_logins=0,
         env=SHORT_UPSTREAM),

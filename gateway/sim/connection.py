@@ -23,6 +23,8 @@ _POLL = 0.05
 _CUT_DECLARED = 1_000_000
 _CUT_SENT = 1000
 _TRICKLE_BODY = b'{"meta":1}'
+_BAD_CHUNK = b"zz\r\n"  # a chunk size that is not hexadecimal
+_MID_BODY = 0.2  # seconds between the first chunk and the broken one
 
 
 def hang_up(request: web.Request) -> web.StreamResponse:
@@ -79,6 +81,8 @@ async def apply_fault(  # noqa: PLR0911 - one answer per fault kind
             return hang_up(request)
         case "cut_body":
             return await _cut_body(request)
+        case "bad_chunk":
+            return await _bad_chunk(request, closing)
         case "stall":
             await pause(request, math.inf, closing)
             return hang_up(request)
@@ -110,6 +114,23 @@ async def _cut_body(request: web.Request) -> web.StreamResponse:
             await response.write(b"x" * _CUT_SENT)
     hang_up(request)
     return response
+
+
+async def _bad_chunk(request: web.Request, closing: asyncio.Event) -> web.StreamResponse:
+    """A chunked answer whose framing breaks after its first chunk; the connection stays open,
+    so only a client that checks the framing notices."""
+    response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: "application/octet-stream"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    if not bodiless(request):  # a HEAD answer has no body to break: headers, then hang up
+        with contextlib.suppress(ConnectionError):
+            await response.write(b"x" * _CUT_SENT)
+        # Apart from the head, or the client's parser meets the break before its status line
+        # is out, and its client answers 502 instead of cutting the answer.
+        if await pause(request, _MID_BODY, closing) and request.transport is not None:
+            request.transport.write(_BAD_CHUNK)
+            await pause(request, math.inf, closing)
+    return hang_up(request)
 
 
 async def _trickle(

@@ -27,7 +27,15 @@ LoginFaultKind = Literal[
     "late",
 ]
 FaultKind = Literal[
-    "status", "reset_before", "reset_after", "cut_body", "stall", "trickle", "delay", "slow_read"
+    "status",
+    "reset_before",
+    "reset_after",
+    "cut_body",
+    "bad_chunk",
+    "stall",
+    "trickle",
+    "delay",
+    "slow_read",
 ]
 
 
@@ -63,7 +71,8 @@ class Fault:
     Each match uses one of ``times`` (``None``: forever); the simulator replaces the entry in
     ``Simulator.faults`` by one with the remaining count and drops it at zero. ``delay`` is the
     pause of ``delay`` and ``trickle`` (before each byte of the answer) and of ``slow_read``
-    (before each 64 KiB of the request body is read; then it answers 200).
+    (before each 64 KiB of the request body is read; then it answers 200). ``cut_body`` hangs up
+    mid-body; ``bad_chunk`` breaks a chunked body's framing and keeps the connection open.
     """
 
     kind: FaultKind
