@@ -338,6 +338,7 @@ def test_forward_prefix_accepts_plain_paths(text: str, prefix: str) -> None:
         ("/v1/./messages", "normalised"),
         ("/v1//messages", "normalised"),
         ("/v1/a/../messages", "normalised"),
+        ("/..", "normalised"),  # climbs above the root
         ("/v1/me ssages", "no spaces"),
         ("/v1/users", "/v1/users or a path below it"),
         ("/V1/Users/admin", "/v1/users or a path below it"),
