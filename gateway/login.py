@@ -169,6 +169,9 @@ def _parse_http_date(date: str | None) -> float | None:
     if not date:
         return None
     try:
-        return parsedate_to_datetime(date).timestamp()
+        moment = parsedate_to_datetime(date)
     except (TypeError, ValueError):
         return None
+    if moment.tzinfo is None:  # the asctime form and "-0000": GMT (RFC 9110 5.6.7), not local
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()

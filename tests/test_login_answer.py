@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
@@ -60,6 +62,31 @@ def test_the_lifetime_is_measured_on_the_webapps_clock_not_the_local_one(skew: i
     expires = datetime.fromtimestamp(webapp_now + WEEK, UTC).strftime("%Y-%m-%d %H:%M:%S+00:00")
     grant = parse_login(200, date, answer(expires_after=expires), NOW)
     assert grant.lifetime == WEEK - 1
+
+
+@pytest.fixture
+def east_of_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A host whose local time is nine hours ahead of UTC."""
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.parametrize(
+    "date",
+    [
+        "Wed, 25 Nov 2026 12:00:00 GMT",  # IMF-fixdate
+        "Wednesday, 25-Nov-26 12:00:00 GMT",  # RFC 850
+        "Wed Nov 25 12:00:00 2026",  # asctime: no zone, and GMT all the same
+        "Wed, 25 Nov 2026 12:00:00 -0000",
+    ],
+)
+@pytest.mark.usefixtures("east_of_utc")
+def test_every_http_date_format_is_read_as_gmt_whatever_the_local_zone(date: str) -> None:
+    """RFC 9110 section 5.6.7: recipients accept all three formats, all of them in GMT."""
+    assert parse_login(200, date, answer(), NOW).lifetime == WEEK - 1
 
 
 def test_without_a_date_header_the_local_clock_is_used() -> None:
