@@ -10,12 +10,13 @@ from collections.abc import Mapping, Sequence
 
 from . import __version__
 from .app import create_app
-from .config import Config, ConfigError, describe, load_config, rotation_problem
+from .config import Config, ConfigError, describe, load_config
 from .demo import run_demo
 from .healthcheck import check_health
 from .log import configure_logging, drain_logs
 from .login import LoginFailed
 from .passwords import PasswordFile
+from .relations import rotation_problem
 from .server import INTERRUPTED, ListenError, serve
 from .webapp import Webapp
 

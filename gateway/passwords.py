@@ -35,8 +35,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .files import read_password_file
 from .secret import Secret
-from .values import read_password_file
 
 # The Webapp's rules: 8 to 64 characters, at least one of each class. Its specials, verbatim.
 SPECIALS = "!\"#$%&'()*+,-./:;<=>?@[]^_`{|}~"

@@ -1,21 +1,16 @@
 """How each setting's raw value (a TOML value or an environment string) becomes a typed one.
 
 Every parser raises :class:`Invalid` with a message that says what is wrong without repeating the
-value, so that a problem line never echoes a secret. The files a setting names (the password file,
-CA and listener certificates, the listener's key) are checked here too: readable, of the right
-kind, and not writable by every user where they hold a secret.
+value, so that a problem line never echoes a secret. The files a setting names are checked in
+:mod:`gateway.files`, which shares :func:`nonempty` and :func:`basic_auth_text` from here.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import math
-import os
 import re
-import ssl
-import stat
 from dataclasses import dataclass
-from pathlib import Path
 
 from yarl import URL
 
@@ -26,8 +21,6 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 _SIZE_UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
 _SIZE = re.compile(r"^\s*(\d{1,20})\s*([a-z]*)\s*$", re.IGNORECASE)
 _SIZE_HINT = "must be a size in bytes, optionally with KiB, MiB or GiB, e.g. 100MiB"
-# A password file is a few bytes; reading a bounded amount keeps /dev/zero from hanging the check.
-_MAX_PASSWORD_FILE = 4096
 
 
 class Invalid(ValueError):
@@ -51,14 +44,16 @@ def _text(value: object) -> str:
     return value
 
 
-def _nonempty(value: object) -> str:
+def nonempty(value: object) -> str:
+    """``value`` as text without surrounding spaces, of which there must be some left."""
     text = _text(value).strip()
     if not text:
         raise Invalid("must not be empty")
     return text
 
 
-def _basic_auth_text(text: str) -> None:
+def basic_auth_text(text: str) -> None:
+    """Refuse ``text`` that the Webapp's login cannot carry."""
     # The Webapp login is HTTP Basic auth, which the gateway encodes as Latin-1 (webapp.py): the
     # historical default that servers decode alike; UTF-8 would differ from it beyond ASCII.
     try:
@@ -70,12 +65,12 @@ def _basic_auth_text(text: str) -> None:
 
 
 def username(value: object) -> str:
-    name = _nonempty(value)
+    name = nonempty(value)
     if ":" in name:
         raise Invalid("must not contain ':' (HTTP Basic auth cannot carry it)")
     if not name.isprintable():
         raise Invalid("must not contain control characters")
-    _basic_auth_text(name)
+    basic_auth_text(name)
     return name
 
 
@@ -84,59 +79,8 @@ def password_value(value: object) -> Secret:
     password = _text(value)
     if not password.strip():
         raise Invalid("must not be empty")
-    _basic_auth_text(password)
+    basic_auth_text(password)
     return Secret(password)
-
-
-def read_password_file(path: Path) -> Secret:
-    """The password in ``path`` (one trailing newline ignored), or :class:`Invalid` saying why not.
-
-    Used to check the configuration and again at every login, so both apply the same rule.
-    """
-    try:
-        with path.open("rb") as file:
-            _refuse_world_writable(
-                os.fstat(file.fileno()).st_mode, "the password the gateway sends"
-            )
-            data = file.read(_MAX_PASSWORD_FILE + 1)
-    except OSError as exc:
-        raise Invalid(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
-    if len(data) > _MAX_PASSWORD_FILE:
-        raise Invalid(f"is larger than {_MAX_PASSWORD_FILE} bytes, it cannot hold just a password")
-    try:
-        password = data.decode("utf-8").rstrip("\r\n")
-    except UnicodeDecodeError:
-        raise Invalid("is not UTF-8 text") from None
-    if not password.strip():
-        raise Invalid("holds no password")
-    _basic_auth_text(password)
-    return Secret(password)
-
-
-def password_file(value: object) -> Path:
-    path = Path(_nonempty(value))
-    read_password_file(path)
-    return path
-
-
-def _refuse_world_writable(mode: int, what: str) -> None:
-    # Devices and pipes (/dev/stdin, <(...)) have modes that say nothing about who may edit them.
-    if stat.S_ISREG(mode) and mode & stat.S_IWOTH:
-        raise Invalid(
-            f"is writable by every user (mode {stat.S_IMODE(mode):04o}), so anyone could change "
-            f"{what}; chmod 600 it"
-        )
-
-
-def world_readable(path: Path) -> str | None:
-    """Why the secret file at ``path`` deserves a warning (every user may read it), or None."""
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return None  # reported as a problem already, or gone since; nothing to warn about
-    if not stat.S_ISREG(mode) or not mode & stat.S_IROTH:
-        return None
-    return f"is readable by every user (mode {stat.S_IMODE(mode):04o}); chmod 600 it"
 
 
 def api_key(value: object) -> Secret:
@@ -150,7 +94,7 @@ def api_key(value: object) -> Secret:
 
 
 def url(value: object) -> URL:
-    text = _nonempty(value)
+    text = nonempty(value)
     try:
         url = URL(text)
     except ValueError:
@@ -166,7 +110,7 @@ def url(value: object) -> URL:
 
 
 def listen(value: object) -> Address:
-    text = _nonempty(value)
+    text = nonempty(value)
     match = re.fullmatch(r"\[([^\[\]\s]+)\]:(\d{1,5})|([^:\[\]\s]+):(\d{1,5})", text)
     if match is None:
         raise Invalid("must be host:port, e.g. 127.0.0.1:8080 or [::1]:8080")
@@ -301,85 +245,3 @@ def log_level(value: object) -> str:
     if level not in LOG_LEVELS:
         raise Invalid(f"must be one of {', '.join(LOG_LEVELS)}")
     return level
-
-
-def _readable_file(value: object) -> Path:
-    path = Path(_nonempty(value))
-    try:
-        with path.open("rb") as file:
-            file.read(1)
-    except OSError as exc:
-        raise Invalid(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
-    return path
-
-
-def _holds_certificates(path: Path) -> bool:
-    try:
-        ssl.create_default_context(cafile=str(path))
-    except (ssl.SSLError, OSError):
-        return False
-    return True
-
-
-def ca_file(value: object) -> Path:
-    path = _readable_file(value)
-    if not _holds_certificates(path):
-        raise Invalid("holds no PEM CA certificate")
-    return path
-
-
-def certificate_file(value: object) -> Path:
-    path = _readable_file(value)
-    if not _holds_certificates(path):
-        raise Invalid("holds no PEM certificate")
-    return path
-
-
-def key_file(value: object) -> Path:
-    path = Path(_nonempty(value))
-    try:
-        with path.open("rb") as file:
-            mode = os.fstat(file.fileno()).st_mode
-    except OSError as exc:
-        raise Invalid(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
-    _refuse_world_writable(mode, "the key the gateway's listener uses")
-    return path
-
-
-class _Encrypted(Exception):
-    """The private key asks for a passphrase."""
-
-
-def _no_passphrase() -> bytes:
-    # Without a callback OpenSSL would prompt on the terminal, and a service would hang there.
-    raise _Encrypted
-
-
-def load_pair(cert_file: Path, key_file: Path) -> ssl.SSLContext:
-    # Python's defaults for a server: TLS 1.2 at least, no compression, strong ciphers.
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        context.load_cert_chain(cert_file, key_file, password=_no_passphrase)
-    except _Encrypted:
-        raise Invalid(
-            "holds an encrypted private key; give the gateway an unencrypted one"
-        ) from None
-    except ssl.SSLError as exc:
-        # OpenSSL's reason is a fixed name such as KEY_VALUES_MISMATCH, never the key itself.
-        if exc.reason == "KEY_VALUES_MISMATCH":
-            raise Invalid(
-                "is not the private key of the certificate in GATEWAY_TLS_CERT_FILE"
-            ) from None
-        raise Invalid("holds no PEM private key") from None
-    except OSError as exc:
-        raise Invalid(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
-    return context
-
-
-def directory(value: object) -> Path:
-    path = Path(_nonempty(value))
-    if not path.is_dir():
-        raise Invalid("is not a directory")
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise Invalid("is not writable")
-    return path

@@ -16,18 +16,17 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 
 from gateway.config import (
-    REQUIRED,
     SECTIONS,
-    SETTINGS,
     Config,
     ConfigError,
-    Setting,
     describe,
     listener_ssl_context,
     load_config,
 )
+from gateway.files import read_password_file
 from gateway.secret import Secret
-from gateway.values import Address, Invalid, read_password_file
+from gateway.settings import REQUIRED, SETTINGS, Setting
+from gateway.values import Address, Invalid
 
 PASSWORD = "Webapp-pass-1!"
 API_KEY = "api-key-0123456789abcdef"
