@@ -90,10 +90,10 @@ async def _rotate_password(config: Config) -> int:
         )
     finally:
         await webapp.close()
-    waiting = PasswordFile(file).next_path
-    if failure is None and waiting.exists():  # accepted, but the rename failed (see the log)
+    password_file = PasswordFile(file)
+    if failure is None and password_file.not_kept():  # accepted, but the rename failed (logged)
         failure = (
-            f"the Webapp took the new password, but it waits in {waiting}, "
+            f"the Webapp took the new password, but it waits in {password_file.next_path}, "
             "which every login tries first"
         )
     drain_logs()  # the log (on stderr too) first, then the verdict

@@ -10,11 +10,14 @@ password, using three files side by side:
   once the Webapp has accepted it. It takes the owner, group and (at most owner and group) mode
   of ``<file>``, so a rotation run by another user leaves a file the gateway can still read;
 - ``<file>.lock``: an exclusive ``flock`` held for a whole login, so that ``wa-gateway
-  rotate-password`` and a running gateway on the same host never interleave their steps. Only
-  where the directory cannot take new files (nobody can rotate there) do logins go without it;
-  any other failure to lock fails the login rather than risk an unguarded rotation.
+  rotate-password`` and a running gateway on the same host never interleave their steps. It is
+  opened for writing where it can be: NFS turns ``flock`` into a byte-range lock, which refuses
+  an exclusive lock on a descriptor open for reading only. Only where the directory cannot take
+  new files (nobody can rotate there) do logins go without it; any other failure to open or lock
+  it fails the login, named, rather than risk an unguarded rotation.
 
-The methods block on the file system: :mod:`gateway.rotation` runs them in a worker thread.
+The methods block on the file system (an NFS server may take its time): callers run them in a
+worker thread with :func:`on_disk`, :meth:`PasswordFile.locked` does so itself.
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ import stat
 import string
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from .files import read_password_file
 from .secret import Secret
@@ -49,6 +53,7 @@ PASSWORD_LENGTH = 32
 SETTLE_AFTER = 900.0
 # How often a login waiting for another process's lock looks again.
 _LOCK_POLL = 0.05
+T = TypeVar("T")
 
 
 def new_password(rng: random.Random | None = None, length: int = PASSWORD_LENGTH) -> Secret:
@@ -94,6 +99,12 @@ class PasswordFile:
     def next_age(self) -> float:
         """Seconds since ``<file>.next`` was written; NaN without one."""
         return _age(self.next_path)
+
+    def not_kept(self) -> bool:
+        """Whether a new password waits in ``<file>.next``: right after a rotation the Webapp
+        accepted, one that could not be renamed over the file (every login tries it first, but
+        no further rotation happens until it can be)."""
+        return self.next_path.exists()
 
     def age(self) -> float:
         """Seconds since the password file was last written; NaN when it cannot be seen."""
@@ -157,15 +168,16 @@ class PasswordFile:
         """Hold the lock for the body; :class:`LockUnavailable` after ``wait`` seconds, or at
         once when the lock file cannot be used where a rotation could happen.
 
-        Polls a non-blocking ``flock``, so that the wait can be cancelled like any other.
+        Polls a non-blocking ``flock`` in a worker thread, so that neither a slow file server
+        stalls the event loop nor the wait escapes cancellation.
         """
-        fd = self._open_lock()
+        fd = await on_disk(self._open_lock, undo=_close)
         if fd is None:
             yield
             return
         try:
             deadline = asyncio.get_running_loop().time() + wait
-            while not _try_lock(fd):
+            while not await on_disk(self._try_lock, fd):
                 if asyncio.get_running_loop().time() >= deadline:
                     raise LockUnavailable(f"{self.lock_path} stayed locked for {wait:g} s")
                 await asyncio.sleep(_LOCK_POLL)
@@ -175,20 +187,26 @@ class PasswordFile:
 
     def _open_lock(self) -> int | None:
         try:
-            # Read-only is enough for flock, and lets a lock file made by another user serve.
-            fd = os.open(self.lock_path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            fd = _open_for_locking(self.lock_path)
         except OSError as exc:
             if exc.errno == errno.EROFS or not os.access(self.path.parent, os.W_OK):
                 return None  # nobody can write a new password here: no rotation to wait for
-            raise LockUnavailable(
-                f"{self.lock_path} cannot be opened ({exc.strerror or type(exc).__name__})"
-            ) from None
+            raise LockUnavailable(f"{self.lock_path} cannot be opened ({_strerror(exc)})") from None
         # Made by another user (a rotate-password run as root, say) with a tight umask, it must
-        # still open for the password file's owner: hand it over, readable by all (it is empty).
+        # still open for the password file's owner and group: hand it over (it is empty).
         with contextlib.suppress(OSError):
             _take_owner(fd, self.path.stat())
-            os.fchmod(fd, 0o644)
+            os.fchmod(fd, 0o660)
         return fd
+
+    def _try_lock(self, fd: int) -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # held by another login
+        except OSError as exc:  # ENOLCK without a lock manager, EBADF on NFS read-only...
+            raise LockUnavailable(f"{self.lock_path} cannot be locked ({_strerror(exc)})") from None
+        return True
 
     def _sync_directory(self) -> None:
         fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
@@ -214,9 +232,38 @@ def _age(path: Path) -> float:
         return math.nan
 
 
-def _try_lock(fd: int) -> bool:
+def _open_for_locking(path: Path) -> int:
+    flags = os.O_CREAT | os.O_NOFOLLOW
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
+        return os.open(path, os.O_RDWR | flags, 0o660)
+    except PermissionError:
+        # Another user's lock file, closed to us for writing: reading is enough for flock on a
+        # local file system (on NFS the lock itself then fails, named).
+        return os.open(path, os.O_RDONLY | flags, 0o660)
+
+
+def _strerror(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
+
+
+async def on_disk(
+    step: Callable[..., T], *args: object, undo: Callable[[T], None] | None = None
+) -> T:
+    """Run a blocking step on the password files in a worker thread, to its end even if the
+    caller is cancelled meanwhile (a thread cannot be stopped, and the lock must outlast it);
+    ``undo`` then disposes of what the step made (a descriptor, say)."""
+    done = asyncio.ensure_future(asyncio.to_thread(step, *args))
+    try:
+        return await asyncio.shield(done)
+    except asyncio.CancelledError:
+        while not done.done():  # however often the caller is cancelled meanwhile
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(done)
+        if not done.cancelled() and done.exception() is None and undo is not None:
+            undo(done.result())
+        raise

@@ -40,7 +40,7 @@ from .config import TokenConfig
 from .log import log_crash
 from .login import BadCredentials, Grant, LoginFailed, LoginRefused, PasswordChangeRequired
 from .metrics import Metrics
-from .passwords import SETTLE_AFTER, LockUnavailable, PasswordFile, new_password
+from .passwords import SETTLE_AFTER, LockUnavailable, PasswordFile, new_password, on_disk
 from .schedule import backoff_delay
 from .secret import Secret
 from .tokens import Account, TokenPool
@@ -99,7 +99,7 @@ async def _log_in(
 async def _rotate(file: PasswordFile, post: PostLogin, current: Secret) -> Grant:
     password = new_password()
     try:
-        await _on_disk(file.write_next, password)
+        await on_disk(file.write_next, password)
     except OSError as exc:
         raise LoginFailed(
             f"The new password could not be written to {file.next_path} ({_reason(exc)}); "
@@ -112,7 +112,7 @@ async def _rotate(file: PasswordFile, post: PostLogin, current: Secret) -> Grant
         raise
     except BaseException:
         # It may act yet: its settling time starts now, not when the password was written.
-        await _on_disk(file.touch_next)
+        await on_disk(file.touch_next)
         raise
     await _commit(file, password, "password.rotated")
     return grant
@@ -133,7 +133,7 @@ async def _commit(file: PasswordFile, password: Secret, event: str) -> bool:
     which case it stays in ``<file>.next``, where every login tries it first."""
     problem = None
     try:
-        await _on_disk(file.commit, password)
+        await on_disk(file.commit, password)
     except (OSError, Invalid) as exc:
         problem = _reason(exc)
     if problem is not None:
@@ -145,7 +145,7 @@ async def _commit(file: PasswordFile, password: Secret, event: str) -> bool:
 
 async def _discard(file: PasswordFile) -> None:
     try:
-        await _on_disk(file.discard_next)
+        await on_disk(file.discard_next)
     except OSError as exc:  # a read-only directory, say: it is tried and refused again later
         log.warning(
             "password.discard_failed", password_file=str(file.next_path), problem=_reason(exc)
@@ -168,21 +168,6 @@ async def _read_next(file: PasswordFile) -> Secret | None:
             f"{file.next_path} {exc}; it may hold the Webapp's password, so the gateway "
             "neither uses nor replaces it until it is readable (or removed by hand)."
         ) from None
-
-
-async def _on_disk(step: Callable[..., None], *args: object) -> None:
-    """Run a blocking step on the password files to its end, even if the caller is cancelled
-    meanwhile (a thread cannot be stopped, and the lock must outlast it)."""
-    done = asyncio.ensure_future(asyncio.to_thread(step, *args))
-    try:
-        await asyncio.shield(done)
-    except asyncio.CancelledError:
-        while not done.done():  # however often the caller is cancelled meanwhile
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(done)
-        if not done.cancelled():
-            done.exception()  # retrieved: the cancellation is what the caller hears of
-        raise
 
 
 def _reason(exc: BaseException) -> str:
@@ -247,13 +232,16 @@ class Rotator:
             except Exception as exc:  # a bug must not end the schedule for good
                 log_crash("password.rotation_crashed", exc)
                 outcome = LoginFailed("The rotation crashed.")
-            if isinstance(outcome, LoginFailed):
+            result = outcome.kind if isinstance(outcome, LoginFailed) else "ok"
+            if result == "ok" and await asyncio.to_thread(self.file.not_kept):
+                # Taken by the Webapp, not by the file: no rotation can follow until it is.
+                result = "not_kept"
+            self.metrics.rotations.labels(result).inc()
+            if result != "ok":
                 failures += 1
-                self.metrics.rotations.labels(outcome.kind).inc()
                 delay = backoff_delay(failures, self._retry, self.rng)
-                log.warning("password.rotation_failed", kind=outcome.kind, retry_in_s=round(delay))
+                log.warning("password.rotation_failed", kind=result, retry_in_s=round(delay))
             else:
                 failures = 0
-                self.metrics.rotations.labels("ok").inc()
                 delay = self.every
             await asyncio.sleep(delay)

@@ -31,14 +31,14 @@ from gateway.login import (
     WebappUnavailable,
 )
 from gateway.metrics import Metrics
-from gateway.passwords import CHARACTER_CLASSES, PasswordFile, new_password
-from gateway.rotation import SETTLE_AFTER, Rotator, _on_disk, log_in
+from gateway.passwords import CHARACTER_CLASSES, PasswordFile, new_password, on_disk
+from gateway.rotation import SETTLE_AFTER, Rotator, log_in
 from gateway.secret import Secret
 from gateway.sim.answers import password_problem
 from gateway.simulator import LoginFault, Simulator
 from gateway.tokens import Account, TokenPool
 
-from .conftest import API_KEY, MESSAGE, TEST_ENV, Logs, MakeRig, Rig, until
+from .conftest import API_KEY, MESSAGE, TEST_ENV, Logs, MakeRig, Rig, open_files, until
 from .processes import child_env
 
 OLD = "Old-password-1!"
@@ -353,7 +353,7 @@ async def test_a_step_on_disk_finishes_even_when_its_login_is_cancelled() -> Non
         time.sleep(0.2)
         finished.set()
 
-    task = asyncio.ensure_future(_on_disk(slow_step))
+    task = asyncio.ensure_future(on_disk(slow_step))
     await asyncio.sleep(0.05)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -368,7 +368,7 @@ async def test_a_step_on_disk_outlasts_a_second_cancellation_too() -> None:
         time.sleep(0.2)
         finished.set()
 
-    task = asyncio.ensure_future(_on_disk(slow_step))
+    task = asyncio.ensure_future(on_disk(slow_step))
     for _ in range(3):  # a login timeout, then the pool closing, then Ctrl-C
         await asyncio.sleep(0.03)
         task.cancel()
@@ -400,7 +400,7 @@ async def test_a_rename_checks_the_waiting_password_is_still_the_one_accepted(
     assert file.read().reveal() == OLD
 
 
-async def test_a_lock_file_made_under_a_tight_umask_opens_for_everyone(
+async def test_a_lock_file_made_under_a_tight_umask_opens_for_its_owner_and_group(
     file: PasswordFile,
 ) -> None:
     previous = os.umask(0o077)
@@ -409,7 +409,61 @@ async def test_a_lock_file_made_under_a_tight_umask_opens_for_everyone(
             pass
     finally:
         os.umask(previous)
-    assert stat.S_IMODE(file.lock_path.stat().st_mode) == 0o644
+    assert stat.S_IMODE(file.lock_path.stat().st_mode) == 0o660
+
+
+def nfs_flock(fd: int, operation: int) -> None:
+    """flock as the Linux NFS client carries it out: a whole-file byte-range lock, which refuses
+    an exclusive lock on a descriptor open for reading only (EBADF)."""
+    fcntl.lockf(fd, operation)
+
+
+async def test_the_lock_works_where_flock_is_a_byte_range_lock_as_on_nfs(
+    file: PasswordFile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fcntl, "flock", nfs_flock)
+    webapp = FakeWebapp(OLD)
+    await login(file, webapp, rotate=True)
+    assert webapp.changes == 1
+    assert file.read().reveal() == webapp.password != OLD
+
+
+async def test_a_lock_the_file_system_cannot_give_fails_the_login_by_name(
+    file: PasswordFile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a crash: a login failure that says which file and why (NFSv3 without a lock
+    manager answers ENOLCK)."""
+
+    def no_locks(_fd: int, _operation: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    webapp = FakeWebapp(OLD)
+    with pytest.raises(LoginFailed) as failed:
+        await login(file, webapp)
+    assert str(file.lock_path) in failed.value.details
+    assert "cannot be locked (No locks available)" in failed.value.details
+    assert webapp.attempts == []
+
+
+class SlowLockFile(PasswordFile):
+    """A lock file on a file server that takes its time to open it."""
+
+    def _open_lock(self) -> int | None:
+        time.sleep(0.2)
+        return super()._open_lock()
+
+
+async def test_a_login_cancelled_while_the_lock_file_opens_leaves_no_descriptor(
+    file: PasswordFile, tmp_path: Path
+) -> None:
+    task = asyncio.ensure_future(login(SlowLockFile(file.path), FakeWebapp(OLD)))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert open_files(tmp_path) == 0  # the descriptor opened after the cancellation is closed
+    assert file.lock_path.exists()
 
 
 async def test_the_schedule_survives_a_rotation_that_crashes(
@@ -427,6 +481,36 @@ async def test_the_schedule_survives_a_rotation_that_crashes(
     await until(lambda: len(logs.named("password.rotation_crashed")) >= 2)
     await rotator.close()
     assert metrics.rotations.labels("error")._value.get() >= 2
+
+
+async def test_a_rotation_whose_password_could_not_replace_the_file_is_not_counted_ok(
+    file: PasswordFile, logs: Logs
+) -> None:
+    """The Webapp took the new password, but the rename fails every time (EBUSY): the schedule
+    counts not_kept and backs off, rather than count ok and never rotate again unnoticed."""
+    stuck = StuckFile(file.path)
+    past = time.time() - 7200
+    os.utime(file.path, (past, past))
+    config = load_config(None, {**TEST_ENV, "WA_WEBAPP_URL": "http://127.0.0.1:9"})
+    metrics = Metrics()
+    webapp = FakeWebapp(OLD)
+
+    async def rotate(_account: Account) -> Grant:
+        return await log_in(stuck, webapp.post, rotate=True, rotate_if_required=True, lock_wait=1.0)
+
+    pool = TokenPool(webapp.post_account, config.tokens, metrics, rotate_fn=rotate)
+    rotator = Rotator(
+        pool, Account("http://127.0.0.1:9", "admin"), stuck, 3600, config.tokens, metrics
+    )
+    rotator.start()
+    await until(lambda: logs.named("password.rotation_failed"))
+    await rotator.close()
+    await pool.close()
+    assert webapp.changes == 1  # rotated once at the Webapp, and no more
+    assert stuck.read_next().reveal() == webapp.password  # type: ignore[union-attr]
+    assert metrics.rotations.labels("not_kept")._value.get() == 1
+    assert metrics.rotations.labels("ok")._value.get() == 0
+    assert logs.named("password.rotation_failed")[0]["kind"] == "not_kept"
 
 
 # --- the setting ----------------------------------------------------------------------------------
