@@ -44,7 +44,7 @@ def completed(
     metrics.count_request(method or "other", status, elapsed)
     path = exchange.path
     if path is None and raw_path is not None:  # refused before it was normalised: log it raw
-        path = raw_path.partition("?")[0][:MAX_LOGGED_PATH]
+        path = _logged_path(raw_path)
     log.info(
         "request.completed",
         method=method,
@@ -59,3 +59,12 @@ def completed(
         bytes_out=exchange.bytes_out,
         failure=exchange.failure,
     )
+
+
+def _logged_path(raw_target: str) -> str:
+    """The path of a raw target, without the query or the authority of an absolute-form one
+    (``http://user:password@host/...``: a credential, as likely as not)."""
+    path = raw_target.partition("?")[0]
+    if not path.startswith("/") and "://" in path:
+        path = "/" + path.partition("://")[2].partition("/")[2]
+    return path[:MAX_LOGGED_PATH]

@@ -20,6 +20,7 @@ from typing import BinaryIO, TypeVar
 
 from .deadlines import extend
 from .errors import BadFraming, BodyTooLarge, RequestTimeout, SpoolFailed
+from .threads import on_disk
 
 T = TypeVar("T")
 
@@ -77,7 +78,7 @@ class ReplayableBody:
                     held.append(chunk)
                     held_size += len(chunk)
                     if file is None and size > memory_limit:
-                        file = await _on_disk(_spool_file, spool_dir)
+                        file = await _on_disk(_spool_file, spool_dir, undo=_close)
                     if file is not None and held_size >= _IO_CHUNK:
                         await _on_disk(file.writelines, held)
                         held, held_size = [], 0
@@ -143,11 +144,15 @@ def _too_large(max_size: int) -> str:
     return f"The request body is larger than the gateway's limit of {max_size} bytes."
 
 
-async def _on_disk(function: Callable[..., T], *args: object) -> T:
-    """Run a spool-file operation in a worker thread; a full or broken disk is the gateway's
-    trouble, named (errno) and answered with 503, not a crash."""
+async def _on_disk(
+    function: Callable[..., T], *args: object, undo: Callable[[T], None] | None = None
+) -> T:
+    """Run a spool-file operation in a worker thread, to its end even when the client hangs up
+    meanwhile (so the file is never closed under a write, nor left unclosed when it was being
+    made); a full or broken disk is the gateway's trouble, named (errno) and answered with
+    503, not a crash."""
     try:
-        return await asyncio.to_thread(function, *args)
+        return await on_disk(function, *args, undo=undo)
     except OSError as exc:
         reason = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
         raise SpoolFailed(
@@ -157,6 +162,10 @@ async def _on_disk(function: Callable[..., T], *args: object) -> T:
 
 def _spool_file(spool_dir: Path | None) -> BinaryIO:
     return tempfile.TemporaryFile(dir=spool_dir, prefix="wa-gateway-body-")
+
+
+def _close(file: BinaryIO) -> None:
+    file.close()
 
 
 def _finish(file: BinaryIO, held: list[bytes]) -> None:

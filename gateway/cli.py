@@ -12,7 +12,7 @@ from . import __version__
 from .app import create_app
 from .config import Config, ConfigError, describe, load_config
 from .demo import run_demo
-from .healthcheck import check_health
+from .healthcheck import ListenerUnknown, check_health, health_url
 from .log import configure_logging, drain_logs
 from .login import LoginFailed
 from .passwords import PasswordFile
@@ -108,14 +108,18 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if args.command == "demo":
         asyncio.run(run_demo(environ))
         return 0
+    if args.command == "healthcheck":
+        try:
+            return 0 if check_health(health_url(args.config, environ)) else 1
+        except ListenerUnknown as exc:
+            print(f"wa-gateway: {exc}", file=sys.stderr)
+            return 1
     config = load_config(args.config, environ)
     if args.command == "check-config":
         for warning in config.warnings:
             print(f"wa-gateway: warning: {warning}", file=sys.stderr)
         print("\n".join(describe(config)).rstrip())
         return 0
-    if args.command == "healthcheck":
-        return 0 if check_health(config) else 1
     if args.command == "rotate-password":
         configure_logging(config.server.log_level, sys.stderr)
         return asyncio.run(_rotate_password(config))

@@ -11,6 +11,7 @@ from .app import create_app
 from .config import load_config
 from .log import configure_logging, drain_logs
 from .server import serve
+from .settings import CONFIG_ENV
 from .simulator import RateLimit, Simulator
 
 CURL = (
@@ -37,8 +38,14 @@ async def run_demo(environ: Mapping[str, str]) -> None:
         await site.start()
         host, port = runner.addresses[0][:2]
         webapp_url = f"http://{host}:{port}"
-        # The demo's own Webapp settings replace any WA_* of the environment; GATEWAY_* still apply.
-        settings = {key: value for key, value in environ.items() if not key.startswith("WA_")}
+        # The demo's own Webapp settings replace any WA_* of the environment; GATEWAY_* still
+        # apply, but for GATEWAY_CONFIG: its [webapp] (a production password file, rotation)
+        # would win over the demo's.
+        settings = {
+            key: value
+            for key, value in environ.items()
+            if not key.startswith("WA_") and key != CONFIG_ENV
+        }
         settings |= {"WA_WEBAPP_URL": webapp_url, "WA_PASSWORD": password, "WA_API_KEY": api_key}
         config = load_config(None, settings)
         configure_logging(config.server.log_level)

@@ -26,7 +26,7 @@ from .config import ServerConfig
 from .cutoff import next_chunk
 from .deadlines import extend
 from .errors import BadFraming, GatewayError
-from .headers import downstream_headers, upstream_headers
+from .headers import downstream_headers, sendable, upstream_headers
 from .metrics import Metrics
 from .policy import Action, Target
 from .secret import Secret
@@ -36,6 +36,18 @@ from .webapp import Webapp, translate
 log = structlog.get_logger("gateway.forward")
 
 _NO_BODY = ReplayableBody(b"", None, 0)
+
+
+# The most a single write hands the client before the deadline moves again: aiohttp waits for
+# the client once its writes since the last wait pass 64 KiB.
+SLICE = 64 * 1024
+
+
+def _slices(chunk: bytes) -> tuple[bytes, ...] | list[memoryview]:
+    if len(chunk) <= SLICE:
+        return (chunk,)  # the usual case: no view, no copy, no generator
+    view = memoryview(chunk)
+    return [view[start : start + SLICE] for start in range(0, len(chunk), SLICE)]
 
 
 def _expects_continue(request: web.Request) -> bool:
@@ -153,33 +165,40 @@ class Forwarder:
         """Stream ``answer`` back, having told the pool whether the Webapp accepted ``token``."""
         if token is not None:
             self.pool.report(self.webapp.account, token, accepted=answer.status != 401)
+        reason = answer.reason
         response = web.StreamResponse(
             status=answer.status,
-            reason=answer.reason,
+            reason=reason if reason is None or sendable(reason) else None,  # None: the standard
             headers=downstream_headers(answer.headers, request_id=exchange.request_id),
         )
         limits = self.server
         loop = asyncio.get_running_loop()
+        idle, send = limits.upstream_idle_timeout, limits.client_send_timeout
         waiting_for = "client"
         try:
             # One deadline, moved before every wait: the Webapp may stay silent for
             # upstream_idle_timeout, the client may stop reading for client_send_timeout.
-            async with asyncio.timeout_at(loop.time() + limits.client_send_timeout) as deadline:
-                exchange.streaming = response
+            async with asyncio.timeout_at(loop.time() + send) as deadline:
                 await response.prepare(request)
+                exchange.streaming = response
                 with self.webapp.cuts.reading(answer):
                     while True:
                         waiting_for = "webapp"
-                        idle = limits.upstream_idle_timeout
                         extend(deadline, loop.time() + idle, idle)
                         chunk = await next_chunk(answer.content)
                         if not chunk:
                             break
                         waiting_for = "client"
-                        send = limits.client_send_timeout
-                        extend(deadline, loop.time() + send, send)
-                        await response.write(chunk)
-                        exchange.bytes_out += len(chunk)
+                        # A write waits for the client to take all but the transport's low-water
+                        # mark: in slices, a client that reads slowly but steadily keeps moving
+                        # the deadline, and only one that stops reading meets it.
+                        for piece in _slices(chunk):
+                            extend(deadline, loop.time() + send, send)
+                            await response.write(piece)
+                            exchange.bytes_out += len(piece)
+                waiting_for = "client"
+                extend(deadline, loop.time() + send, send)
+                await response.write_eof()  # the last chunk of a chunked answer may wait too
         except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
             self._broken(request, exchange, waiting_for, exc)
         finally:

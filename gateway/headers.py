@@ -3,8 +3,12 @@
 Toward the Webapp: hop-by-hop headers (RFC 9110 section 7.6.1, and any named in ``Connection``) and
 every header the gateway owns (credentials, framing, forwarding, request id) are dropped, then the
 gateway's own are set; a value that is not UTF-8 is refused, since it could only be sent altered.
+Headers that would let a client pick another target or method than the one the policy checked
+(``X-Original-URL``, ``X-HTTP-Method-Override``...), or a proxy for a CGI-style Webapp (``Proxy``,
+httpoxy), are dropped too: nothing says the Webapp ignores them.
 Toward the client: hop-by-hop headers are dropped, and so is a field whose value is not UTF-8
-(aiohttp could only send it altered: cut short at the first such byte); framing comes from the
+(aiohttp could only send it altered: cut short at the first such byte) or holds a control
+character (aiohttp's parser takes them, its writer refuses them); framing comes from the
 Webapp's ``Content-Length`` when it sent one.
 """
 
@@ -46,7 +50,20 @@ GATEWAY_OWNED = frozenset(
         "x-forwarded-host",
     }
 )
-_UPSTREAM_DROPPED = HOP_BY_HOP | GATEWAY_OWNED
+# Claims some servers act on: another target or method than the request line's, a proxy to use
+# (httpoxy), the client's address (the gateway says it in X-Forwarded-For).
+REROUTING = frozenset(
+    {
+        "x-original-url",
+        "x-rewrite-url",
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        "proxy",
+        "x-real-ip",
+    }
+)
+_UPSTREAM_DROPPED = HOP_BY_HOP | GATEWAY_OWNED | REROUTING
 _FORWARDED_PREFIX = "x-forwarded-"
 REQUEST_ID = "X-Request-ID"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:+=@/-]{1,128}")
@@ -128,7 +145,16 @@ def downstream_headers(upstream: MultiMapping[str], *, request_id: str) -> CIMul
     headers: CIMultiDict[str] = CIMultiDict(
         (name, value)
         for name, value in upstream.items()
-        if name.lower() not in dropped and _decodable(value)
+        if name.lower() not in dropped and sendable(value)
     )
     headers[REQUEST_ID] = request_id
     return headers
+
+
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")  # all but HTAB, which a value may hold
+
+
+def sendable(text: str) -> bool:
+    """Whether aiohttp can send ``text`` (a header value, a reason phrase) as it is."""
+    # Printable text (the usual case) holds neither a control character nor a lone surrogate.
+    return text.isprintable() or (_CONTROL.search(text) is None and _decodable(text))

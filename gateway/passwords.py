@@ -34,13 +34,13 @@ import stat
 import string
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 from .files import read_password_file
 from .secret import Secret
+from .threads import on_disk
 
 # The Webapp's rules: 8 to 64 characters, at least one of each class. Its specials, verbatim.
 SPECIALS = "!\"#$%&'()*+,-./:;<=>?@[]^_`{|}~"
@@ -53,7 +53,6 @@ PASSWORD_LENGTH = 32
 SETTLE_AFTER = 900.0
 # How often a login waiting for another process's lock looks again.
 _LOCK_POLL = 0.05
-T = TypeVar("T")
 
 
 def new_password(rng: random.Random | None = None, length: int = PASSWORD_LENGTH) -> Secret:
@@ -249,21 +248,3 @@ def _strerror(exc: OSError) -> str:
 def _close(fd: int | None) -> None:
     if fd is not None:
         os.close(fd)
-
-
-async def on_disk(
-    step: Callable[..., T], *args: object, undo: Callable[[T], None] | None = None
-) -> T:
-    """Run a blocking step on the password files in a worker thread, to its end even if the
-    caller is cancelled meanwhile (a thread cannot be stopped, and the lock must outlast it);
-    ``undo`` then disposes of what the step made (a descriptor, say)."""
-    done = asyncio.ensure_future(asyncio.to_thread(step, *args))
-    try:
-        return await asyncio.shield(done)
-    except asyncio.CancelledError:
-        while not done.done():  # however often the caller is cancelled meanwhile
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(done)
-        if not done.cancelled() and done.exception() is None and undo is not None:
-            undo(done.result())
-        raise

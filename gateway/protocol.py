@@ -13,10 +13,17 @@ gateway's limit and that one are refused by the app itself (414 too).
 
 A framing error inside a body that is being received (a bad chunk size arriving after the headers)
 fails that body at once, so its request gets 400 rather than stalling into a 408.
+
+What aiohttp sends after the handler has returned (an answer of the gateway's own, the end of a
+relayed one) and what a closing connection still has to send get ``GATEWAY_CLIENT_SEND_TIMEOUT``
+like every other write, and the connection is aborted beyond it: a graceful close waits for the
+client to read, and a client that never reads would hold its connection (and its place under
+``GATEWAY_MAX_CONNECTIONS``) forever. On shutdown, idle connections close at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, cast
 
@@ -79,6 +86,33 @@ class _Protocol(RequestHandler):
         if len(self._messages) > queued and isinstance(self._messages[-1][0], _ErrInfo):
             self._fail_unfinished_bodies()
 
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        send_timeout = self._gateway.config.server.client_send_timeout
+        try:
+            async with asyncio.timeout(send_timeout):
+                finished = await super().finish_response(request, resp, start_time)
+                if not resp.keep_alive or self._close:  # aiohttp closes the connection next
+                    await _drained(self.transport, request)
+                return finished
+        except TimeoutError:
+            if self.transport is not None:
+                self.transport.abort()
+            return resp, True  # what aiohttp says of a client that went away
+
+    def force_close(self) -> None:
+        transport = self.transport
+        super().force_close()
+        if transport is not None and transport.get_write_buffer_size():
+            send_timeout = self._gateway.config.server.client_send_timeout
+            self._loop.call_later(send_timeout, transport.abort)  # a no-op once it has closed
+
+    def close(self) -> None:
+        super().close()
+        if not self._request_in_progress and not self._messages:
+            self.force_close()  # idle (shutdown): nothing to finish, and nothing more is read
+
     def _fail_unfinished_bodies(self) -> None:
         bodies = [payload for _, payload in self._messages]
         if self._current_request is not None:
@@ -115,6 +149,13 @@ class _Protocol(RequestHandler):
         if exc is not None and not isinstance(exc, BadHttpMessage):  # a bug, not a client error
             log_crash("request.crashed", exc)
         return response
+
+
+async def _drained(transport: asyncio.Transport | None, request: web.BaseRequest) -> None:
+    """Return once ``transport`` has sent everything it holds."""
+    if transport is not None and transport.get_write_buffer_size():
+        transport.set_write_buffer_limits(high=0)  # writing pauses until all of it is out
+        await request.writer.drain()
 
 
 class _Server(web.Server):

@@ -40,9 +40,10 @@ from .config import TokenConfig
 from .log import log_crash
 from .login import BadCredentials, Grant, LoginFailed, LoginRefused, PasswordChangeRequired
 from .metrics import Metrics
-from .passwords import SETTLE_AFTER, LockUnavailable, PasswordFile, new_password, on_disk
+from .passwords import SETTLE_AFTER, LockUnavailable, PasswordFile, new_password
 from .schedule import backoff_delay
 from .secret import Secret
+from .threads import on_disk
 from .tokens import Account, TokenPool
 from .values import Invalid
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
+from gateway import body
 from gateway.body import ReplayableBody, check_declared_size
 from gateway.errors import BodyTooLarge
 
@@ -89,6 +93,34 @@ async def test_a_client_that_hangs_up_mid_body_leaves_no_spool(tmp_path: Path) -
         await ReplayableBody.receive(
             broken(), max_size=10 << 20, memory_limit=1 << 20, spool_dir=tmp_path, idle_timeout=5
         )
+    assert open_files(tmp_path) == 0
+
+
+async def test_a_body_cancelled_while_its_spool_file_is_made_closes_that_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that hangs up cancels its request while a worker thread makes the file: the
+    file the thread then hands back is closed, not left to the garbage collector."""
+    made: list[BinaryIO] = []
+    make = body._spool_file
+
+    def slow_spool_file(spool_dir: Path | None) -> BinaryIO:
+        time.sleep(0.2)  # a disk that takes its time
+        made.append(make(spool_dir))
+        return made[-1]
+
+    monkeypatch.setattr(body, "_spool_file", slow_spool_file)
+    task = asyncio.ensure_future(
+        ReplayableBody.receive(
+            chunks(1 << 20), max_size=10 << 20, memory_limit=1, spool_dir=tmp_path, idle_timeout=5
+        )
+    )
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(made) == 1
+    assert made[0].closed
     assert open_files(tmp_path) == 0
 
 

@@ -19,7 +19,6 @@ import trustme
 from pytest_aiohttp import AiohttpServer
 
 from gateway import __version__
-from gateway.config import load_config
 from gateway.healthcheck import health_url
 
 from .processes import child_env, serve_gateway, start_simulator
@@ -371,14 +370,27 @@ def test_config_option_is_refused_by_demo(tmp_path: Path) -> None:
     assert "unrecognized arguments: --config x.toml" in result.stderr
 
 
-def test_healthcheck_reads_the_listen_address_and_tls_from_the_configuration() -> None:
-    base = {"WA_WEBAPP_URL": "http://127.0.0.1:9", "WA_PASSWORD": "Some-pass-1!"}
+def test_healthcheck_reads_the_listen_address_and_tls_from_the_configuration(
+    tmp_path: Path,
+) -> None:
     for listen, url in [
         ("0.0.0.0:8080", "http://127.0.0.1:8080/_gateway/healthz"),
         ("[::]:9000", "http://[::1]:9000/_gateway/healthz"),
         ("10.1.2.3:80", "http://10.1.2.3:80/_gateway/healthz"),
     ]:
-        assert health_url(load_config(None, {**base, "GATEWAY_LISTEN": listen})) == url
+        assert health_url(None, {"GATEWAY_LISTEN": listen}) == url
+    assert health_url(None, {}) == "http://127.0.0.1:8080/_gateway/healthz"
+    config = tmp_path / "gateway.toml"
+    config.write_text('[server]\nlisten = "0.0.0.0:8443"\ntls_cert_file = "/no/such/cert.pem"\n')
+    # The certificate is the running gateway's business: only its presence says https.
+    assert health_url(config, {}) == "https://127.0.0.1:8443/_gateway/healthz"
+
+
+def test_healthcheck_exits_1_when_it_cannot_tell_where_the_gateway_listens(tmp_path: Path) -> None:
+    result = gateway("healthcheck", env={"GATEWAY_LISTEN": "nowhere"}, cwd=tmp_path)
+    assert result.returncode == 1  # Docker reserves 2
+    assert result.stderr.startswith("wa-gateway: GATEWAY_LISTEN (server.listen): ")
+    assert result.stderr.count("\n") == 1
 
 
 async def test_healthcheck_exits_0_while_the_gateway_answers_and_1_once_it_is_gone(
@@ -394,6 +406,14 @@ async def test_healthcheck_exits_0_while_the_gateway_answers_and_1_once_it_is_go
             **dict.fromkeys(("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"), proxy),
         }
         running = await asyncio.to_thread(gateway, "healthcheck", env=env, cwd=tmp_path)
+        # Settings the running gateway read long ago (a password file being replaced, say) do
+        # not make it look dead: only the listener's are read.
+        unreadable = {
+            **env,
+            "WA_PASSWORD_FILE": str(tmp_path / "being-replaced"),
+            "WA_API_KEY": "x",
+        }
+        still = await asyncio.to_thread(gateway, "healthcheck", env=unreadable, cwd=tmp_path)
     gone = await asyncio.to_thread(gateway, "healthcheck", env=env, cwd=tmp_path)
-    assert (running.returncode, gone.returncode) == (0, 1)
-    assert running.stdout == running.stderr == gone.stderr == ""
+    assert (running.returncode, still.returncode, gone.returncode) == (0, 0, 1)
+    assert running.stdout == running.stderr == still.stderr == gone.stderr == ""

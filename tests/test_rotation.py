@@ -31,11 +31,12 @@ from gateway.login import (
     WebappUnavailable,
 )
 from gateway.metrics import Metrics
-from gateway.passwords import CHARACTER_CLASSES, PasswordFile, new_password, on_disk
+from gateway.passwords import CHARACTER_CLASSES, PasswordFile, new_password
 from gateway.rotation import SETTLE_AFTER, Rotator, log_in
 from gateway.secret import Secret
 from gateway.sim.answers import password_problem
 from gateway.simulator import LoginFault, Simulator
+from gateway.threads import on_disk
 from gateway.tokens import Account, TokenPool
 
 from .conftest import API_KEY, MESSAGE, TEST_ENV, Logs, MakeRig, Rig, open_files, until

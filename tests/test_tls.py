@@ -12,7 +12,7 @@ import contextlib
 import datetime
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,9 @@ from pytest_aiohttp import AiohttpServer
 
 from gateway.app import GATEWAY, create_app
 from gateway.config import Config, ConfigError, describe
-from gateway.healthcheck import check_health
+from gateway.healthcheck import check_health, health_url
 from gateway.server import serve
 from gateway.simulator import Simulator
-from gateway.values import Address
 
 from .conftest import API_KEY, MESSAGE, PASSWORD, GatewayTestServer, Logs, gateway_config
 from .processes import start_simulator
@@ -284,12 +283,11 @@ async def test_healthcheck_speaks_tls_to_a_tls_listener_whatever_its_certificate
     config = gateway_config(webapp_url, GATEWAY_LISTEN="127.0.0.1:0", **listener_files)
     async with serving(config) as url:
         port = int(url.rsplit(":", 1)[1])
-        listening = replace(
-            config, server=replace(config.server, listen=Address("127.0.0.1", port))
-        )
-        assert await asyncio.to_thread(check_health, listening)
-        plain = replace(listening, server=replace(listening.server, tls_cert_file=None))
-        assert not await asyncio.to_thread(check_health, plain)
+        environ = {"GATEWAY_LISTEN": f"127.0.0.1:{port}", **listener_files}
+        assert health_url(None, environ).startswith("https://")
+        assert await asyncio.to_thread(check_health, health_url(None, environ))
+        plain = {"GATEWAY_LISTEN": f"127.0.0.1:{port}"}
+        assert not await asyncio.to_thread(check_health, health_url(None, plain))
 
 
 async def test_listener_with_tls_refuses_plain_http(

@@ -28,7 +28,16 @@ from gateway.simulator import Simulator
 from gateway.webapp import AUTH_CONNECTIONS
 
 from . import rawhttp
-from .conftest import API_KEY, MESSAGE, PASSWORD, GatewayTestServer, MakeRig, gateway_config, until
+from .conftest import (
+    API_KEY,
+    MESSAGE,
+    PASSWORD,
+    GatewayTestServer,
+    Logs,
+    MakeRig,
+    gateway_config,
+    until,
+)
 
 LOGIN_PATH = "/v1/users/login"
 # Paths the gateway sends with the API key: they need no login at the tiny Webapp.
@@ -493,3 +502,51 @@ async def test_a_webapp_that_answers_before_taking_the_whole_upload_still_gets_a
         assert answer.status == 200
         assert await answer.read() == b"headtail"
     assert received == [8 << 20]
+
+
+@contextlib.asynccontextmanager
+async def raw_webapp(answer: bytes) -> AsyncIterator[str]:
+    """A Webapp that answers every request with ``answer``, byte for byte; its URL."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                lengths = [
+                    int(line.partition(b":")[2])
+                    for line in head.lower().split(b"\r\n")
+                    if line.startswith(b"content-length:")
+                ]
+                await reader.readexactly(sum(lengths))
+                writer.write(answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    async with server:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nX-Odd: a\x01b\r\nContent-Length: 2\r\n\r\nhi",
+        b"HTTP/1.1 200 OK\r\nX-Odd: a\x7fb\r\nContent-Length: 2\r\n\r\nhi",
+        b"HTTP/1.1 200 O\x01K\r\nContent-Length: 2\r\n\r\nhi",
+    ],
+    ids=["control-in-value", "del-in-value", "control-in-reason"],
+)
+async def test_a_control_character_from_the_webapp_is_dropped_not_a_crash(
+    aiohttp_client: AiohttpClient, logs: Logs, answer: bytes
+) -> None:
+    """aiohttp's parser takes control characters in a header value or the reason phrase, its
+    writer refuses them: the field is dropped, the reason is the standard one."""
+    async with raw_webapp(answer) as url:
+        client = await aiohttp_client(GatewayTestServer(create_app(gateway_config(url))))
+        async with client.get("/v1/health") as response:  # the API key: no login needed
+            assert (response.status, response.reason) == (200, "OK")
+            assert "X-Odd" not in response.headers
+            assert await response.read() == b"hi"
+    assert not logs.named("request.crashed")
