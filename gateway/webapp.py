@@ -174,8 +174,9 @@ class Webapp:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise translate(exc) from exc
         finally:
-            # A Webapp may answer before it has taken the whole body; the rest still goes out,
-            # with no deadline left to move.
+            # A Webapp may answer before it has taken the whole body; the rest goes out while
+            # its answer streams back, with no deadline left to move (aiohttp closes the
+            # connection once the answer has ended, and the rest of the upload with it).
             if progress is not None:
                 progress.answered = True
         if response.status < 200:
