@@ -103,10 +103,12 @@ class _Protocol(RequestHandler):
 
     def force_close(self) -> None:
         transport = self.transport
+        # Asked before the close: a TLS transport closed twice has no buffer left to ask about.
+        unsent = transport if transport is not None and _unsent(transport) else None
         super().force_close()
-        if transport is not None and transport.get_write_buffer_size():
+        if unsent is not None:
             send_timeout = self._gateway.config.server.client_send_timeout
-            self._loop.call_later(send_timeout, transport.abort)  # a no-op once it has closed
+            self._loop.call_later(send_timeout, unsent.abort)  # a no-op once it has closed
 
     def close(self) -> None:
         super().close()
@@ -151,9 +153,18 @@ class _Protocol(RequestHandler):
         return response
 
 
+def _unsent(transport: asyncio.BaseTransport) -> bool:
+    """Whether an open ``transport`` still holds bytes for the client."""
+    return (
+        isinstance(transport, asyncio.WriteTransport)
+        and not transport.is_closing()
+        and transport.get_write_buffer_size() > 0
+    )
+
+
 async def _drained(transport: asyncio.Transport | None, request: web.BaseRequest) -> None:
     """Return once ``transport`` has sent everything it holds."""
-    if transport is not None and transport.get_write_buffer_size():
+    if transport is not None and _unsent(transport):
         transport.set_write_buffer_limits(high=0)  # writing pauses until all of it is out
         await request.writer.drain()
 

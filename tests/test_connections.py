@@ -13,6 +13,7 @@ import contextlib
 import errno
 import json
 import resource
+import socket
 import ssl
 import sys
 from collections.abc import AsyncIterator
@@ -210,6 +211,48 @@ async def test_a_tls_connection_beyond_the_limit_is_closed_unanswered_until_one_
                 await asyncio.sleep(0.01)
     assert len(sim.seen_on("/v1/messages")) == 1
     assert logs.named("server.connections_full")[0]["refused"] == 1
+
+
+def tls_handshake(port: int, client: ssl.SSLContext) -> ssl.SSLSocket:
+    """A TLS connection to the gateway, its handshake done (blocking: run it in a thread)."""
+    sock = socket.create_connection((LOCALHOST, port), timeout=WAIT)
+    return client.wrap_socket(sock, server_hostname=LOCALHOST)
+
+
+async def client_connections(session: aiohttp.ClientSession, url: str) -> float:
+    """``wa_gateway_client_connections``, asked for through ``session`` (its connection counted)."""
+    async with session.get(url + "/_gateway/metrics") as response:
+        metrics = await response.text()
+    [value] = [
+        line.split()[1]
+        for line in metrics.splitlines()
+        if line.startswith("wa_gateway_client_connections ")
+    ]
+    return float(value)
+
+
+async def test_a_tls_connection_closed_for_idleness_is_not_counted_while_awaiting_close_notify(
+    aiohttp_server: AiohttpServer, tls: tuple[dict[str, str], ssl.SSLContext]
+) -> None:
+    """A TLS client that finishes its handshake, then neither sends nor reads, is closed after the
+    idle timeout and gives up its place under the limit soon after: the gateway does not wait
+    asyncio's 30 s for a close_notify that this client never sends."""
+    _, webapp_url = await start_simulator(aiohttp_server)
+    files, client = tls
+    config = gateway_config(
+        webapp_url, GATEWAY_LISTEN="127.0.0.1:0", GATEWAY_CLIENT_IDLE_TIMEOUT="2", **files
+    )
+    # One kept-alive connection asks every time, so it is the one counted besides the silent one.
+    connector = aiohttp.TCPConnector(ssl=client, limit=1)
+    async with serving(config) as url, aiohttp.ClientSession(connector=connector) as session:
+        silent = await asyncio.to_thread(tls_handshake, port_of(url), client)
+        try:
+            assert await client_connections(session, url) == 2
+            async with asyncio.timeout(WAIT):  # asyncio's own wait would be 30 s
+                while await client_connections(session, url) != 1:
+                    await asyncio.sleep(0.05)
+        finally:
+            silent.close()
 
 
 async def post_status(session: aiohttp.ClientSession, url: str) -> int | None:

@@ -274,6 +274,27 @@ async def test_listener_with_tls_answers_https_and_forwards_with_x_forwarded_pro
     assert message.headers["X-Forwarded-Proto"] == "https"
 
 
+async def test_tls_connections_that_close_after_their_answer_log_no_error(
+    aiohttp_server: AiohttpServer,
+    listener_files: dict[str, str],
+    trusting: ssl.SSLContext,
+    logs: Logs,
+) -> None:
+    """An answer with Connection: close, then the close: a TLS transport, once closed, has no
+    write buffer left to ask about, and asking raised inside asyncio's callbacks (an ERROR line
+    per connection, and a failed shutdown when one was still closing)."""
+    _, webapp_url = await start_simulator(aiohttp_server)
+    config = gateway_config(webapp_url, GATEWAY_LISTEN="127.0.0.1:0", **listener_files)
+    async with serving(config) as url:
+        for _ in range(5):
+            async with (
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trusting)) as session,
+                session.get(url + "/_gateway/healthz", headers={"Connection": "close"}) as answer,
+            ):
+                assert answer.status == 200
+    assert [e["event"] for e in logs.events if e.get("level") == "error"] == []
+
+
 async def test_healthcheck_speaks_tls_to_a_tls_listener_whatever_its_certificate_names(
     aiohttp_server: AiohttpServer, listener_files: dict[str, str], logs: Logs
 ) -> None:
