@@ -89,6 +89,10 @@ class _Protocol(RequestHandler):
     async def finish_response(
         self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
     ) -> tuple[web.StreamResponse, bool]:
+        if resp.prepared and resp.keep_alive and not self._close:
+            # Streamed by the relay, which has sent it all under its own deadline (or, broken,
+            # closed the connection): nothing here waits for the client, no timer is needed.
+            return await super().finish_response(request, resp, start_time)
         send_timeout = self._gateway.config.server.client_send_timeout
         try:
             async with asyncio.timeout(send_timeout):
