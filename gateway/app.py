@@ -23,6 +23,7 @@ from aiohttp.http import HttpVersion10, HttpVersion11
 from aiohttp.typedefs import Handler, Middleware
 
 from .access import Exchange, completed
+from .bearer import Clock, SystemClock
 from .body import check_framing
 from .config import Config
 from .errors import (
@@ -44,7 +45,7 @@ from .metrics import Metrics
 from .passwords import PasswordFile
 from .policy import Action, Prefixes, decide
 from .rotation import Rotator
-from .tokens import Clock, SystemClock, TokenPool
+from .tokens import TokenPool
 from .webapp import Webapp
 
 # nginx's status for a request whose client went away before the answer.

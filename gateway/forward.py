@@ -21,6 +21,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 
 from .access import Exchange
+from .bearer import Token
 from .body import ReplayableBody, check_declared_size
 from .config import ServerConfig
 from .cutoff import next_chunk
@@ -30,7 +31,7 @@ from .headers import downstream_headers, sendable, upstream_headers
 from .metrics import Metrics
 from .policy import Action, Target
 from .secret import Secret
-from .tokens import Token, TokenPool
+from .tokens import TokenPool
 from .webapp import Webapp, translate
 
 log = structlog.get_logger("gateway.forward")

@@ -87,7 +87,7 @@ DATE_RESOLUTION = 1.0
 
 
 def parse_login(status: int, date: str | None, body: bytes, local_now: float) -> Grant:
-    """Read a login answer; raise the :class:`~gateway.tokens.LoginFailed` that names the cause.
+    """Read a login answer; raise the :class:`LoginFailed` that names the cause.
 
     The token's lifetime is ``expires_after`` minus the Webapp's ``Date`` when the answer has one,
     so a skewed local clock cannot make the gateway hold an expired token; without ``Date`` it is

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from .bearer import Account
 from .config import TokenConfig
 from .log import log_crash
 from .login import BadCredentials, Grant, LoginFailed, LoginRefused, PasswordChangeRequired
@@ -44,7 +45,7 @@ from .passwords import SETTLE_AFTER, LockUnavailable, PasswordFile, new_password
 from .schedule import backoff_delay
 from .secret import Secret
 from .threads import on_disk
-from .tokens import Account, TokenPool
+from .tokens import TokenPool
 from .values import Invalid
 
 log = structlog.get_logger("gateway.rotation")

@@ -1,18 +1,17 @@
 """The token pool: the Webapp bearer tokens the gateway holds, and the logins that obtain them.
 
-- Tokens live in a cachetools ``TLRUCache`` keyed by :class:`Account` (Webapp URL and user), each
-  evicted at its own expiry, so an expired token is never handed out.
+- Tokens (:mod:`gateway.bearer`) live in a cachetools ``TLRUCache`` keyed by :class:`Account`
+  (Webapp URL and user), each evicted at its own expiry, so an expired token is never handed out.
 - Each token carries a generation. :meth:`TokenPool.invalidate` drops a rejected token only while
   it is still the pooled one, so any number of 401s for one token cause one login, and a late 401
   for an old token never throws away a new one.
 - At most one login per account is in flight. It runs in a task the pool owns; callers wait on it
-  through ``asyncio.shield``, so a caller that hangs up cannot cancel it.
-- A background task refreshes each token before it expires (``refresh_before`` of its lifetime,
-  minus jitter) while the old one keeps serving, and retries failed logins with capped exponential
-  backoff and jitter. A request that finds its token due for refresh starts the refresh itself
-  without waiting for it, covering a missed background slot.
-- Lifetimes are measured from the moment the login was sent, against the Webapp's own clock
-  (see :func:`gateway.webapp.parse_login`), on the monotonic clock.
+  through ``asyncio.shield``, so a caller that hangs up cannot cancel it. :mod:`gateway.attempts`
+  performs each login and records its outcome.
+- A background task (:mod:`gateway.refresher`) refreshes each token before it expires
+  (``refresh_before`` of its lifetime, minus jitter) while the old one keeps serving, and retries
+  failed logins with capped exponential backoff and jitter. A request that finds its token due for
+  refresh starts the refresh itself without waiting for it, covering a missed background slot.
 - While logins fail and no token is held, callers get a fast :class:`TokenUnavailable` (503) with
   ``Retry-After`` and the cause; they never trigger a login of their own.
 - What failures mean (backoff, the login circuit breaker, fresh tokens refused in a row) is decided
@@ -31,71 +30,20 @@ import contextlib
 import contextvars
 import math
 import random
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
 
 import structlog
 from cachetools import TLRUCache
 
+from .attempts import CheckFn, LoginAttempts, LoginFn
+from .bearer import Account, Clock, SystemClock, Token
 from .config import TokenConfig
-from .log import log_crash
-from .login import Grant, InvalidLoginAnswer, LoginFailed, TokenRejected, WebappUnavailable
+from .login import LoginFailed, TokenRejected
 from .metrics import Metrics
-from .schedule import Breaker, Readiness, Refusal, Schedule, refresh_time
-from .secret import Secret
+from .refresher import Refresher
+from .schedule import Breaker, Readiness, Refusal, Schedule
 
 log = structlog.get_logger("gateway.tokens")
-
-
-class Clock(Protocol):
-    """Where the pool reads the time: a monotonic clock for intervals, a wall clock for dates."""
-
-    def monotonic(self) -> float: ...
-
-    def time(self) -> float: ...
-
-
-class SystemClock:
-    """The real clocks."""
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def time(self) -> float:
-        return time.time()
-
-
-class Account(NamedTuple):
-    """Whose tokens: one Webapp user at one Webapp."""
-
-    url: str
-    username: str
-
-
-LoginFn = Callable[[Account], Awaitable[Grant]]
-# Whether the Webapp accepts a token (any answer but 401); raises when it cannot tell.
-CheckFn = Callable[[Account, "Token"], Awaitable[bool]]
-
-
-@dataclass(frozen=True)
-class Token:
-    """A pooled token. Times are on the pool's monotonic clock."""
-
-    value: Secret
-    generation: int
-    expires_at: float
-    refresh_at: float
-
-    @property
-    def fingerprint(self) -> str:
-        """A short name for the token, fit for logs."""
-        return self.value.fingerprint()
-
-    def authorization(self) -> str:
-        """The ``Authorization`` value that carries the token: for the wire only, never a log."""
-        return f"Bearer {self.value.reveal()}"
 
 
 @dataclass(eq=False)
@@ -128,8 +76,8 @@ class TokenPool:
             timer=self.clock.monotonic,
         )
         self._slots: dict[Account, _Slot] = {}
-        self._wake = asyncio.Event()
-        self._refresher: asyncio.Task[None] | None = None
+        self._attempts = LoginAttempts(self.config, self.metrics, self.clock, self.rng)
+        self._refresher = Refresher(self._start_due_logins, self.clock)
 
     # --- the request path ------------------------------------------------------------------------
 
@@ -180,7 +128,8 @@ class TokenPool:
         self.invalidate(account, token)
         if refusal is Refusal.FAIL:
             failure = TokenRejected(f"The Webapp refused token {token.fingerprint} at once.")
-            self._failed(slot, failure, self.clock.monotonic())
+            self._attempts.failed(slot.schedule, failure, self.clock.monotonic())
+            self._refresher.wake()  # the background task retries at the new time
 
     async def rotate(self, account: Account) -> Token | LoginFailed:
         """Log in for ``account`` with ``rotate_fn``, once no other login is in flight; the new
@@ -201,7 +150,7 @@ class TokenPool:
         log.info(
             "token.invalidated", fingerprint=rejected.fingerprint, generation=rejected.generation
         )
-        self._wake.set()
+        self._refresher.wake()
         return True
 
     # --- state for readiness and metrics ---------------------------------------------------------
@@ -226,12 +175,11 @@ class TokenPool:
         """Log in for ``accounts`` now and keep their tokens fresh in the background."""
         for account in accounts:
             self._slot(account)
-        self._refresher = asyncio.get_running_loop().create_task(self._refresh_forever())
-        self._refresher.add_done_callback(_refresher_ended)
+        self._refresher.start()
 
     async def close(self) -> None:
         """Stop the background task and any login in flight."""
-        tasks = [self._refresher, *(slot.login for slot in self._slots.values())]
+        tasks = [self._refresher.task, *(slot.login for slot in self._slots.values())]
         for task in tasks:
             if task is not None:
                 task.cancel()
@@ -269,96 +217,26 @@ class TokenPool:
 
     async def _login(self, slot: _Slot, reason: str) -> Token | LoginFailed:
         try:
-            outcome = await self._obtain(slot, reason)
-            if isinstance(outcome, Token) and reason == "recheck":
-                return await self._check(slot, outcome) or outcome
+            login = self.rotate_fn if reason == "rotate" and self.rotate_fn else self.login_fn
+            outcome = await self._attempts.login(login, slot.account, slot.schedule, reason)
+            if isinstance(outcome, Token):
+                self._tokens[slot.account] = outcome
+                if reason == "recheck":
+                    return await self._check(slot, outcome) or outcome
             return outcome
         finally:
             slot.login = None
-            self._wake.set()
-
-    async def _obtain(self, slot: _Slot, reason: str) -> Token | LoginFailed:
-        sent_at = self.clock.monotonic()
-        failure: LoginFailed
-        try:
-            async with asyncio.timeout(self.config.login_timeout):
-                login = self.rotate_fn if reason == "rotate" and self.rotate_fn else self.login_fn
-                grant = await login(slot.account)
-        except LoginFailed as exc:
-            failure = exc
-        except TimeoutError:
-            failure = WebappUnavailable(
-                f"The login took longer than {self.config.login_timeout} s."
-            )
-        except Exception as exc:  # a bug must not leave the pool without a retry schedule
-            log_crash("token.login_crashed", exc)
-            failure = LoginFailed(f"The login crashed: {type(exc).__name__}.")
-        else:
-            if sent_at + grant.lifetime > self.clock.monotonic():
-                return self._granted(slot, grant, sent_at, reason)
-            failure = InvalidLoginAnswer(  # the login took longer than the token lives
-                f"The token expired before the login ended ({grant.lifetime:.1f} s lifetime)."
-            )
-        # A failed rotation leaves the pooled token serving, and is the Rotator's to retry: it
-        # must not hold back the logins that requests may need meanwhile.
-        return self._failed(slot, failure, sent_at, counts=reason != "rotate")
-
-    def _granted(self, slot: _Slot, grant: Grant, sent_at: float, reason: str) -> Token:
-        token = Token(
-            value=grant.token,
-            generation=slot.schedule.granted(),
-            expires_at=sent_at + grant.lifetime,
-            refresh_at=refresh_time(sent_at, grant.lifetime, self.config, self.rng),
-        )
-        self._tokens[slot.account] = token
-        self.metrics.logins.labels("ok").inc()
-        if reason == "refresh":
-            self.metrics.refreshes.inc()
-        log.info(
-            "token.refresh" if reason == "refresh" else "token.login",
-            reason=reason,
-            fingerprint=token.fingerprint,
-            generation=token.generation,
-            lifetime_s=round(grant.lifetime, 1),
-            duration_ms=round((self.clock.monotonic() - sent_at) * 1000, 1),
-        )
-        return token
+            self._refresher.wake()  # the slot is free, and a failure moved the next retry
 
     async def _check(self, slot: _Slot, token: Token) -> LoginFailed | None:
         """Ask the Webapp whether it accepts ``token`` now, so that a gateway taken out of
         rotation by its readiness (which no request then reaches) finds out by itself; the
         failure if it does not (or cannot tell), else None. Without ``check_fn``, accepted."""
-        accepted = True
-        if self.check_fn is not None:
-            try:
-                async with asyncio.timeout(self.config.login_timeout):
-                    accepted = await self.check_fn(slot.account, token)
-            except Exception as exc:  # TimeoutError and the Webapp's failures: try again later
-                failure = WebappUnavailable(
-                    f"Token {token.fingerprint} could not be checked ({type(exc).__name__})."
-                )
-                return self._failed(slot, failure, self.clock.monotonic())
+        accepted = await self._attempts.check(self.check_fn, slot.account, slot.schedule, token)
+        if isinstance(accepted, LoginFailed):
+            return accepted
         self.report(slot.account, token, accepted=accepted)
         return None if accepted else slot.schedule.last_failure
-
-    def _failed(
-        self, slot: _Slot, failure: LoginFailed, sent_at: float, *, counts: bool = True
-    ) -> LoginFailed:
-        """Record a failed login; unless it ``counts`` not, it arms the backoff and the breaker."""
-        delay = 0.0
-        if counts:
-            delay = slot.schedule.failed(failure, self.clock.monotonic(), self.rng)
-            self._wake.set()  # the background task retries at the new time
-        self.metrics.logins.labels(failure.kind).inc()
-        log.warning(
-            "token.login_failed",
-            kind=failure.kind,
-            details=failure.details,
-            attempt=slot.schedule.failures,
-            retry_in_s=round(delay, 1),
-            duration_ms=round((self.clock.monotonic() - sent_at) * 1000, 1),
-        )
-        return failure
 
     def _start_due_logins(self, now: float) -> float:
         """Start every login that is due; return when the next one will be."""
@@ -373,18 +251,3 @@ class TokenPool:
             else:
                 next_due = min(next_due, due)
         return next_due
-
-    async def _refresh_forever(self) -> None:
-        while True:
-            self._wake.clear()
-            now = self.clock.monotonic()
-            next_due = self._start_due_logins(now)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(next_due - now, 3600.0)):
-                    await self._wake.wait()
-
-
-def _refresher_ended(task: asyncio.Task[None]) -> None:
-    # The refresher only ends when cancelled at close; anything else is a bug to be seen.
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        log_crash("token.refresher_crashed", exc)

@@ -14,6 +14,7 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+from .bearer import Account, Clock, SystemClock, Token
 from .config import Config
 from .cutoff import CutWatch
 from .deadlines import extend
@@ -23,7 +24,6 @@ from .passwords import PasswordFile
 from .rotation import log_in
 from .secret import Secret
 from .slots import Slots
-from .tokens import Account, Clock, SystemClock, Token
 
 LOGIN_PATH = "/v1/users/login"
 CHECK_PATH = "/v1/health"

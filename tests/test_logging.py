@@ -22,11 +22,11 @@ import pytest
 import structlog
 from aiohttp import web
 
+from gateway.bearer import Account
 from gateway.log import REDACTED, configure_logging, redact, scrub
 from gateway.login import Grant
 from gateway.secret import MASK, Secret
 from gateway.simulator import Fault, LoginFault
-from gateway.tokens import Account
 
 from . import rawhttp
 from .conftest import MESSAGE, PASSWORD, Logs, MakeRig, Rig, until

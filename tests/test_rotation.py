@@ -20,6 +20,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from pytest_aiohttp import AiohttpServer
 
+from gateway.bearer import Account
 from gateway.config import ConfigError, load_config
 from gateway.login import (
     BadCredentials,
@@ -37,7 +38,7 @@ from gateway.secret import Secret
 from gateway.sim.answers import password_problem
 from gateway.simulator import LoginFault, Simulator
 from gateway.threads import on_disk
-from gateway.tokens import Account, TokenPool
+from gateway.tokens import TokenPool
 
 from .conftest import API_KEY, MESSAGE, TEST_ENV, Logs, MakeRig, Rig, open_files, until
 from .processes import child_env
@@ -654,6 +655,10 @@ async def test_the_schedule_rotates_a_password_file_older_than_the_interval(
     await until(lambda: rig.sim.password_changes == 1)
     await until(lambda: stored(password_path) == rig.sim.password)
     assert await send_messages(rig, 5) == [201] * 5
+    registry = rig.gateway.metrics.registry
+    await until(
+        lambda: registry.get_sample_value("wa_gateway_password_rotations_total", {"result": "ok"})
+    )
     async with rig.client.get("/_gateway/metrics") as response:
         text = await response.text()
     assert 'wa_gateway_password_rotations_total{result="ok"} 1.0' in text
@@ -674,6 +679,11 @@ async def test_a_scheduled_rotation_the_webapp_refuses_is_tried_again_after_a_ba
     rig = await rotating_rig(make_rig, password_path, "1h", sim=sim)
     await until(lambda: rig.sim.password_changes == 1)
     await until(lambda: stored(password_path) == rig.sim.password)
+    registry = rig.gateway.metrics.registry
+    # Counted once the schedule has seen the new password kept in the file, a moment later.
+    await until(
+        lambda: registry.get_sample_value("wa_gateway_password_rotations_total", {"result": "ok"})
+    )
     async with rig.client.get("/_gateway/metrics") as response:
         text = await response.text()
     assert 'wa_gateway_password_rotations_total{result="invalid_answer"} 1.0' in text

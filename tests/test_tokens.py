@@ -11,12 +11,13 @@ from dataclasses import replace
 import pytest
 import structlog
 
+from gateway.bearer import Account, SystemClock, Token
 from gateway.errors import TokenUnavailable
 from gateway.login import BadCredentials, Grant, PasswordChangeRequired, WebappUnavailable
 from gateway.metrics import Metrics
 from gateway.schedule import Breaker, Readiness
 from gateway.secret import Secret
-from gateway.tokens import Account, SystemClock, Token, TokenPool
+from gateway.tokens import TokenPool
 
 from .conftest import TOKEN_CONFIG as CONFIG
 from .conftest import until
