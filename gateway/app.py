@@ -272,19 +272,26 @@ async def _answer(request: web.Request, handler: Handler, exchange: Exchange) ->
         response.headers[REQUEST_ID] = exchange.request_id
         exchange.bytes_out = response.content_length or 0
         if unusable:
-            await _send_and_drop(request, response)
+            await _send_and_drop(
+                request, response, request.app[GATEWAY].config.server.client_send_timeout
+            )
         elif request.body_exists and not request.content.is_eof():
             response.force_close()  # aiohttp drains the rest of the body, then closes
     return response
 
 
-async def _send_and_drop(request: web.Request, response: web.StreamResponse) -> None:
-    """Send ``response``, then close the connection without reading the rest of the body (aiohttp
+async def _send_and_drop(
+    request: web.Request, response: web.StreamResponse, send_timeout: float
+) -> None:
+    """Send ``response`` (within ``send_timeout``: the end of an earlier answer may still wait
+    for the client), then close the connection without reading the rest of the body (aiohttp
     would keep reading it for up to ten seconds) or any request after it."""
     response.force_close()
     try:
-        await response.prepare(request)
-        await response.write_eof()
-    except ConnectionError:
-        pass
+        async with asyncio.timeout(send_timeout):
+            await response.prepare(request)
+            await response.write_eof()
+    except (ConnectionError, TimeoutError):
+        if request.transport is not None:
+            request.transport.abort()
     request.protocol.force_close()

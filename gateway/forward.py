@@ -172,6 +172,10 @@ class Forwarder:
             reason=reason if reason is None or sendable(reason) else None,  # None: the standard
             headers=downstream_headers(answer.headers, request_id=exchange.request_id),
         )
+        if request.version < HttpVersion11 and hdrs.CONTENT_LENGTH not in response.headers:
+            # HTTP/1.0 has no chunks: such a body ends at the close, which aiohttp would not
+            # make (it keeps the connection open, and says nothing of it to the client).
+            response.force_close()
         limits = self.server
         loop = asyncio.get_running_loop()
         idle, send = limits.upstream_idle_timeout, limits.client_send_timeout

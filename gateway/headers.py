@@ -5,7 +5,9 @@ every header the gateway owns (credentials, framing, forwarding, request id) are
 gateway's own are set; a value that is not UTF-8 is refused, since it could only be sent altered.
 Headers that would let a client pick another target or method than the one the policy checked
 (``X-Original-URL``, ``X-HTTP-Method-Override``...), or a proxy for a CGI-style Webapp (``Proxy``,
-httpoxy), are dropped too: nothing says the Webapp ignores them.
+httpoxy), are dropped too: nothing says the Webapp ignores them. So is any name with an
+underscore, as nginx does by default: a CGI-style server reads ``X_Original_URL`` as
+``X-Original-URL``, past every name checked here.
 Toward the client: hop-by-hop headers are dropped, and so is a field whose value is not UTF-8
 (aiohttp could only send it altered: cut short at the first such byte) or holds a control
 character (aiohttp's parser takes them, its writer refuses them); framing comes from the
@@ -100,7 +102,9 @@ def upstream_headers(
     headers: CIMultiDict[str] = CIMultiDict(
         (name, value)
         for name, value in incoming.items()
-        if (lower := name.lower()) not in dropped and not lower.startswith(_FORWARDED_PREFIX)
+        if (lower := name.lower()) not in dropped
+        and not lower.startswith(_FORWARDED_PREFIX)
+        and "_" not in lower
     )
     # The client's chain is kept and the peer appended, unless the client named it hop-by-hop.
     chain = [] if "x-forwarded-for" in named else incoming.getall("X-Forwarded-For", [])

@@ -115,8 +115,11 @@ class _Protocol(RequestHandler):
             self._loop.call_later(send_timeout, unsent.abort)  # a no-op once it has closed
 
     def close(self) -> None:
+        # Idle as aiohttp tells it: waiting for a request. A request taken off the queue whose
+        # handler has not run yet is not "in progress" for one loop turn, and must be answered.
+        waiting = self._waiter is not None and not self._waiter.done()
         super().close()
-        if not self._request_in_progress and not self._messages:
+        if waiting and not self._messages:
             self.force_close()  # idle (shutdown): nothing to finish, and nothing more is read
 
     def _fail_unfinished_bodies(self) -> None:

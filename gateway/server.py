@@ -126,7 +126,7 @@ def _check_descriptors(server: ServerConfig) -> None:
 
 class _Site(web.TCPSite):
     """A TCPSite whose connections pass through a :class:`ConnectionLimit`, and whose TLS
-    handshakes (with ``tls``) must end within ``handshake_timeout`` seconds.
+    handshakes (with ``tls``) must end within ``GATEWAY_CLIENT_IDLE_TIMEOUT``.
 
     aiohttp hands its server to ``create_server`` itself, so counting connections needs this
     ``start``. And asyncio gives a handshake 60 s, with no way in aiohttp to change that: a client
@@ -141,11 +141,12 @@ class _Site(web.TCPSite):
         address: Address,
         connections: ConnectionLimit,
         tls: ssl.SSLContext | None,
-        handshake_timeout: float,
+        server: ServerConfig,
     ) -> None:
         super().__init__(runner, address.host, address.port, backlog=BACKLOG, ssl_context=tls)
         self._connections = connections
-        self._handshake_timeout = handshake_timeout
+        self._handshake_timeout = server.client_idle_timeout
+        self._shutdown_timeout = server.client_send_timeout
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with its runner
@@ -159,10 +160,11 @@ class _Site(web.TCPSite):
             self._port,
             ssl=tls,
             backlog=self._backlog,
-            # asyncio refuses these for a plain socket. A closing TLS connection would otherwise
-            # wait 30 s for the client's close_notify, holding its place under the limit.
+            # asyncio refuses these for a plain socket. A closing TLS connection first sends
+            # what it holds (the end of an answer, to a client that may read slowly) and waits
+            # for the client's close_notify: a send, so the send timeout, not asyncio's 30 s.
             ssl_handshake_timeout=None if tls is None else self._handshake_timeout,
-            ssl_shutdown_timeout=None if tls is None else self._handshake_timeout,
+            ssl_shutdown_timeout=None if tls is None else self._shutdown_timeout,
         )
         self._bound_port = self._server.sockets[0].getsockname()[1]
 
@@ -175,7 +177,7 @@ async def _listen(
 ) -> str:
     """Open the listening socket (with TLS if ``tls`` is given); return the URL it answers on."""
     address = server.listen
-    site = _Site(runner, address, connections, tls, server.client_idle_timeout)
+    site = _Site(runner, address, connections, tls, server)
     try:
         await site.start()
     except socket.gaierror as exc:  # a name no resolver knows: the configuration's fault

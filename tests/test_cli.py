@@ -384,6 +384,9 @@ def test_healthcheck_reads_the_listen_address_and_tls_from_the_configuration(
     config.write_text('[server]\nlisten = "0.0.0.0:8443"\ntls_cert_file = "/no/such/cert.pem"\n')
     # The certificate is the running gateway's business: only its presence says https.
     assert health_url(config, {}) == "https://127.0.0.1:8443/_gateway/healthz"
+    # So is a key the file gained (or mistyped) since the gateway started.
+    config.write_text('[server]\nlisten = "0.0.0.0:8443"\n[tokens]\nrefresh_jiter = 0.05\n')
+    assert health_url(config, {}) == "http://127.0.0.1:8443/_gateway/healthz"
 
 
 def test_healthcheck_exits_1_when_it_cannot_tell_where_the_gateway_listens(tmp_path: Path) -> None:

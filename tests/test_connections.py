@@ -235,12 +235,16 @@ async def test_a_tls_connection_closed_for_idleness_is_not_counted_while_awaitin
     aiohttp_server: AiohttpServer, tls: tuple[dict[str, str], ssl.SSLContext]
 ) -> None:
     """A TLS client that finishes its handshake, then neither sends nor reads, is closed after the
-    idle timeout and gives up its place under the limit soon after: the gateway does not wait
-    asyncio's 30 s for a close_notify that this client never sends."""
+    idle timeout and gives up its place under the limit once the send timeout has passed too:
+    the gateway does not wait asyncio's 30 s for a close_notify that this client never sends."""
     _, webapp_url = await start_simulator(aiohttp_server)
     files, client = tls
     config = gateway_config(
-        webapp_url, GATEWAY_LISTEN="127.0.0.1:0", GATEWAY_CLIENT_IDLE_TIMEOUT="2", **files
+        webapp_url,
+        GATEWAY_LISTEN="127.0.0.1:0",
+        GATEWAY_CLIENT_IDLE_TIMEOUT="2",
+        GATEWAY_CLIENT_SEND_TIMEOUT="2",
+        **files,
     )
     # One kept-alive connection asks every time, so it is the one counted besides the silent one.
     connector = aiohttp.TCPConnector(ssl=client, limit=1)

@@ -85,6 +85,9 @@ UPSTREAM_DROPPED = [
     ([("X-Method-Override", "DELETE")], "x-method-override"),
     ([("Proxy", "http://evil.example:3128")], "httpoxy"),
     ([("X-Real-IP", "6.6.6.6")], "real-ip"),
+    # A CGI-style server reads an underscore as a dash: these would be the names above.
+    ([("X_HTTP_Method_Override", "DELETE"), ("X_Original_URL", "/v1/users/admin")], "underscore"),
+    ([("X_Forwarded_For", "10.6.6.6"), ("x_real_ip", "6.6.6.6")], "underscore-forwarded"),
 ]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -16,9 +17,10 @@ import aiohttp
 import pytest
 from pytest_aiohttp import AiohttpServer
 
+from gateway.protocol import _Protocol
 from gateway.simulator import Fault, Simulator
 
-from .conftest import MESSAGE
+from .conftest import MESSAGE, MakeRig
 from .processes import FRESH, GatewayProcess, serve_gateway, start_simulator
 from .rawhttp import Connection
 
@@ -216,3 +218,31 @@ async def test_an_idle_keepalive_connection_is_closed_when_the_listener_closes(
             await idle.send(health)
             assert await idle.closed(within=CLOSED_AT_ONCE)
             assert not held.done()  # the grace period is still running
+
+
+async def test_a_request_received_as_shutdown_begins_is_answered(
+    make_rig: MakeRig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request aiohttp has taken off the queue, whose handler has not run yet, is not idle:
+    shutdown closing idle connections at once must still answer it (it reached the Webapp)."""
+    rig = await make_rig()
+    server = rig.client.server.runner.server  # type: ignore[union-attr]
+    assert server is not None
+    receive = _Protocol.data_received
+
+    def shutdown_once_a_request_is_in(self: _Protocol, data: bytes) -> None:
+        receive(self, data)
+        if self._messages:  # a request is in: the moment this test is about
+            asyncio.get_running_loop().call_soon(server.pre_shutdown)
+
+    monkeypatch.setattr(_Protocol, "data_received", shutdown_once_a_request_is_in)
+    body = json.dumps(MESSAGE).encode()
+    async with Connection(rig.client.port, timeout=10) as client:
+        await client.send(
+            b"POST /v1/messages HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        answer = await client.response()
+    assert answer.status == 201
+    assert len(rig.sim.seen_on("/v1/messages")) == 1

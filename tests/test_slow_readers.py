@@ -81,3 +81,26 @@ def test_a_chunk_goes_to_the_client_in_slices_of_at_most_64_kib(size: int) -> No
     assert b"".join(pieces) == chunk
     if size <= SLICE:
         assert pieces == (chunk,)  # the usual case: the chunk itself, not a copy or a view
+
+
+async def test_a_refusal_on_a_connection_whose_last_answer_is_still_unread_is_bounded(
+    make_rig: MakeRig,
+) -> None:
+    """The end of a relayed answer can still wait in the transport for the client; a refusal
+    sent next on that connection (here a 408 for a body that never comes) waits no longer than
+    the send timeout either, then the connection is reset."""
+    rig = await make_rig(
+        env={"GATEWAY_CLIENT_SEND_TIMEOUT": "1", "GATEWAY_CLIENT_BODY_TIMEOUT": "1"}
+    )
+    media = rig.sim.add_media(216 * 1024)
+    async with rawhttp.Connection(rig.client.port, receive_buffer=SMALL, timeout=30) as client:
+        await shrink_send_buffer(rig)
+        await client.send(f"GET /v1/media/{media} HTTP/1.1\r\nHost: gateway\r\n\r\n".encode())
+        while not rig.logs.named("request.completed"):  # read until the relay has ended
+            await client.reader.read(SMALL)
+            await asyncio.sleep(0.01)
+        await client.send(
+            b"POST /v1/messages HTTP/1.1\r\nHost: gateway\r\nContent-Length: 10\r\n\r\n"
+        )
+        await until(lambda: not connections(rig), within=BOUND)
+    assert rig.gateway.in_flight.count == 0

@@ -550,3 +550,20 @@ async def test_a_control_character_from_the_webapp_is_dropped_not_a_crash(
             assert "X-Odd" not in response.headers
             assert await response.read() == b"hi"
     assert not logs.named("request.crashed")
+
+
+async def test_an_http10_client_gets_a_body_of_unknown_length_ended_by_the_close(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    """HTTP/1.0 has no chunked encoding: a Webapp answer without a length reaches an HTTP/1.0
+    client as a body that ends when the connection does, so the gateway closes it at once,
+    keep-alive asked for or not (it used to wait for GATEWAY_CLIENT_IDLE_TIMEOUT)."""
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    async with raw_webapp(chunked) as url:
+        config = gateway_config(url, GATEWAY_CLIENT_IDLE_TIMEOUT="30")
+        client = await aiohttp_client(GatewayTestServer(create_app(config)))
+        request = b"GET /v1/health HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+        raw = await rawhttp.exchange("127.0.0.1", client.port, request, timeout=5)
+    answer = rawhttp.parse(raw)
+    assert (answer.status, answer.body) == (200, b"hello")
+    assert "content-length" not in answer.headers
