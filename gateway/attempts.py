@@ -46,9 +46,15 @@ class LoginAttempts:
     rng: random.Random
 
     async def login(
-        self, login_fn: LoginFn, account: Account, schedule: Schedule, reason: str
+        self,
+        login_fn: LoginFn,
+        account: Account,
+        schedule: Schedule,
+        reason: str,
+        keep: Callable[[Token], None],
     ) -> Token | LoginFailed:
-        """Log in for ``account`` with ``login_fn``: the new token, or the failure."""
+        """Log in for ``account`` with ``login_fn``: the new token, handed to ``keep`` before
+        anything else is recorded, or the failure."""
         sent_at = self.clock.monotonic()
         failure: LoginFailed
         try:
@@ -65,7 +71,7 @@ class LoginAttempts:
             failure = LoginFailed(f"The login crashed: {type(exc).__name__}.")
         else:
             if sent_at + grant.lifetime > self.clock.monotonic():
-                return self._granted(schedule, grant, sent_at, reason)
+                return self._granted(schedule, grant, sent_at, reason, keep)
             failure = InvalidLoginAnswer(  # the login took longer than the token lives
                 f"The token expired before the login ended ({grant.lifetime:.1f} s lifetime)."
             )
@@ -107,13 +113,22 @@ class LoginAttempts:
         )
         return failure
 
-    def _granted(self, schedule: Schedule, grant: Grant, sent_at: float, reason: str) -> Token:
+    def _granted(
+        self,
+        schedule: Schedule,
+        grant: Grant,
+        sent_at: float,
+        reason: str,
+        keep: Callable[[Token], None],
+    ) -> Token:
         token = Token(
             value=grant.token,
             generation=schedule.granted(),
             expires_at=sent_at + grant.lifetime,
             refresh_at=refresh_time(sent_at, grant.lifetime, self.config, self.rng),
         )
+        # Kept first: the schedule says "logged in" now, and must never do so without a token.
+        keep(token)
         self.metrics.logins.labels("ok").inc()
         if reason == "refresh":
             self.metrics.refreshes.inc()

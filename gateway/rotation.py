@@ -27,7 +27,6 @@ restarts and an operator who writes a new password by hand resets it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import math
 import random
@@ -207,8 +206,8 @@ class Rotator:
         """Stop the schedule (a rotation under way is the pool's to finish or cancel)."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # A cancellation of close() itself goes through (gather passes it on).
+            await asyncio.gather(self._task, return_exceptions=True)
 
     def due_in(self) -> float:
         """Seconds until the next rotation is due (0 or less: now). Blocks on ``stat``."""

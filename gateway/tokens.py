@@ -26,11 +26,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import math
 import random
 from dataclasses import dataclass, field
+from functools import partial
 
 import structlog
 from cachetools import TLRUCache
@@ -38,6 +38,7 @@ from cachetools import TLRUCache
 from .attempts import CheckFn, LoginAttempts, LoginFn
 from .bearer import Account, Clock, SystemClock, Token
 from .config import TokenConfig
+from .log import log_crash
 from .login import LoginFailed, TokenRejected
 from .metrics import Metrics
 from .refresher import Refresher
@@ -57,7 +58,12 @@ class _Slot:
 
 @dataclass(eq=False)
 class TokenPool:
-    """Tokens for any number of accounts, obtained with ``login`` and kept fresh."""
+    """Tokens for any number of accounts, obtained with ``login`` and kept fresh.
+
+    ``config``, ``metrics``, ``clock``, ``rng`` and ``maxsize`` are read once, at construction
+    (the cache, the schedules and the login attempts keep them); the login and check functions
+    are read at each use.
+    """
 
     login_fn: LoginFn
     config: TokenConfig
@@ -180,13 +186,11 @@ class TokenPool:
     async def close(self) -> None:
         """Stop the background task and any login in flight."""
         tasks = [self._refresher.task, *(slot.login for slot in self._slots.values())]
-        for task in tasks:
-            if task is not None:
-                task.cancel()
-        for task in tasks:
-            if task is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        running = [task for task in tasks if task is not None]
+        for task in running:
+            task.cancel()
+        # Their crashes are logged already; a cancellation of close() itself goes through.
+        await asyncio.gather(*running, return_exceptions=True)
 
     # --- internals -------------------------------------------------------------------------------
 
@@ -218,15 +222,25 @@ class TokenPool:
     async def _login(self, slot: _Slot, reason: str) -> Token | LoginFailed:
         try:
             login = self.rotate_fn if reason == "rotate" and self.rotate_fn else self.login_fn
-            outcome = await self._attempts.login(login, slot.account, slot.schedule, reason)
-            if isinstance(outcome, Token):
-                self._tokens[slot.account] = outcome
-                if reason == "recheck":
-                    return await self._check(slot, outcome) or outcome
+            outcome = await self._attempts.login(
+                login, slot.account, slot.schedule, reason, keep=partial(self._keep, slot.account)
+            )
+            if isinstance(outcome, Token) and reason == "recheck":
+                outcome = await self._check(slot, outcome) or outcome
+        except Exception as exc:  # a bug while a login was recorded: never a login per wake-up
+            log_crash("token.login_crashed", exc)
+            failure = LoginFailed(f"The login crashed: {type(exc).__name__}.")
+            if slot.account not in self._tokens:
+                self._attempts.failed(slot.schedule, failure, self.clock.monotonic())
+            return failure
+        else:
             return outcome
         finally:
             slot.login = None
             self._refresher.wake()  # the slot is free, and a failure moved the next retry
+
+    def _keep(self, account: Account, token: Token) -> None:
+        self._tokens[account] = token
 
     async def _check(self, slot: _Slot, token: Token) -> LoginFailed | None:
         """Ask the Webapp whether it accepts ``token`` now, so that a gateway taken out of

@@ -15,12 +15,13 @@ from gateway.bearer import Account, SystemClock, Token
 from gateway.errors import TokenUnavailable
 from gateway.login import BadCredentials, Grant, PasswordChangeRequired, WebappUnavailable
 from gateway.metrics import Metrics
+from gateway.refresher import Refresher
 from gateway.schedule import Breaker, Readiness
 from gateway.secret import Secret
 from gateway.tokens import TokenPool
 
 from .conftest import TOKEN_CONFIG as CONFIG
-from .conftest import until
+from .conftest import Logs, until
 
 ACCOUNT = Account("https://webapp:443", "admin")
 WEEK = 7 * 24 * 3600.0
@@ -281,6 +282,52 @@ async def test_a_crashing_login_function_still_leaves_a_retry_schedule(
         await pool.token(ACCOUNT)
     clock.advance(CONFIG.backoff_initial)
     assert (await after_retry(pool)).generation == 1
+
+
+class BrokenCounter:
+    """A metric whose recording fails: a bug while a successful login is recorded."""
+
+    def labels(self, result: str) -> BrokenCounter:
+        if result == "ok":
+            raise RuntimeError("a bug in recording")
+        return self
+
+    def inc(self) -> None: ...
+
+
+async def test_a_bug_while_a_login_is_recorded_keeps_the_token_and_starts_no_login_loop(
+    logins: Logins, clock: FakeClock, logs: Logs
+) -> None:
+    """The token is kept before anything about it is recorded: the schedule, which says "logged
+    in" by then, never does so without one, so the background task starts no login after it."""
+    metrics = Metrics()
+    metrics.logins = BrokenCounter()  # type: ignore[assignment]
+    pool = TokenPool(logins, CONFIG, metrics, clock)
+    pool.start([ACCOUNT])
+    try:
+        await until(lambda: logs.named("token.login_crashed"))
+        for _ in range(20):
+            await settle()
+        assert logins.calls == 1
+        assert pool.seconds_left(ACCOUNT) > 0
+    finally:
+        await pool.close()
+
+
+async def test_close_returns_after_the_background_task_crashed(
+    logins: Logins, clock: FakeClock, logs: Logs
+) -> None:
+    """The crash is logged when it happens; closing the pool must not raise it again (and skip
+    closing what comes after it)."""
+
+    def broken(_now: float) -> float:
+        raise RuntimeError("a bug in the refresher")
+
+    pool = TokenPool(logins, CONFIG, Metrics(), clock)
+    pool._refresher = Refresher(broken, clock)  # the task, calling a broken pool
+    pool.start([ACCOUNT])
+    await until(lambda: logs.named("token.refresher_crashed"))
+    await pool.close()
 
 
 async def test_readiness_follows_the_pool(pool: TokenPool, logins: Logins) -> None:
