@@ -72,7 +72,9 @@ RULES: tuple[Rule, ...] = (
     Rule("/v1/users/logout", Action.LOGOUT, POST, exact=True),
     Rule("/v1/users", None),
     Rule("/v1/health", Action.FORWARD_APIKEY, GET, exact=True),
-    Rule("/v1/stats", Action.FORWARD_APIKEY, GET),
+    # wa-api.md names these four API-key endpoints and no others.
+    Rule("/v1/stats/app", Action.FORWARD_APIKEY, GET, exact=True),
+    Rule("/v1/stats/db", Action.FORWARD_APIKEY, GET, exact=True),
     Rule("/metrics", Action.FORWARD_APIKEY, GET, exact=True),
 )
 # TRACE would echo the injected credential back to the caller; CONNECT would open a tunnel.

@@ -101,6 +101,7 @@ class Simulator:
         max_media_size: int = 100 * 1024 * 1024,
         password_change_revokes: bool = False,
         rate_limit: RateLimit | None = None,
+        basic_charset: Literal["utf-8", "latin-1"] = "utf-8",
     ) -> None:
         self.username = username
         self.users: dict[str, str] = {username: password}
@@ -111,6 +112,10 @@ class Simulator:
         self.password_change_revokes = password_change_revokes
         self.clock_skew = clock_skew
         self._buckets = None if rate_limit is None else RateBuckets(rate_limit)
+        # How it decodes Basic credentials: wa-api.md does not say, so either.
+        self.basic_charset = basic_charset
+        if api_key is not None and not 12 <= len(api_key) <= 128:
+            raise ValueError("the Webapp's API key is 12 to 128 characters")
         self.login_delay = 0.0
         self.reject_all_tokens = False
         self.login_script: collections.deque[LoginFault] = collections.deque()
@@ -307,9 +312,10 @@ class Simulator:
     async def _dispatch(
         self, request: web.Request, handler: Handler, exchange: Exchange, *, is_login: bool
     ) -> web.StreamResponse:
+        # Before anything else, logins included: the Webapp limits every endpoint.
+        if self._buckets is not None and not self._buckets.admit(request.method, request.path):
+            raise status_error(429, "Rate limit hit: retry later")
         if not is_login:
-            if self._buckets is not None and not self._buckets.admit(request.method, request.path):
-                raise status_error(429, "Rate limit hit: retry later")
             fault = take_fault(self.faults, request.method, request.path)
             if fault is not None:
                 answer = await apply_fault(request, fault, self._closing)

@@ -54,8 +54,8 @@ def nonempty(value: object) -> str:
 
 def basic_auth_text(text: str) -> None:
     """Refuse ``text`` that the Webapp's login cannot carry."""
-    # The Webapp login is HTTP Basic auth, which the gateway encodes as Latin-1 (webapp.py): the
-    # historical default that servers decode alike; UTF-8 would differ from it beyond ASCII.
+    # The Webapp login is HTTP Basic auth, which the gateway encodes as Latin-1 and then, if
+    # refused, as UTF-8 (webapp.py): Latin-1 text can be sent both ways.
     try:
         text.encode("latin-1")
     except UnicodeEncodeError:

@@ -220,9 +220,22 @@ class Webapp:
     async def _post_login(
         self, account: Account, password: Secret, new_password: Secret | None
     ) -> Grant:
+        """Log in with Basic credentials encoded as Latin-1, HTTP's historical default; a
+        Webapp that refuses credentials with characters beyond ASCII is asked again with them
+        in UTF-8, since which one it decodes is not documented (a 401 means it did not act)."""
+        try:
+            return await self._post_login_as(account, password, new_password, "latin-1")
+        except BadCredentials:
+            if f"{account.username}:{password.reveal()}".isascii():
+                raise  # the same bytes either way
+            return await self._post_login_as(account, password, new_password, "utf-8")
+
+    async def _post_login_as(
+        self, account: Account, password: Secret, new_password: Secret | None, encoding: str
+    ) -> Grant:
         headers = {
             "Authorization": aiohttp.encode_basic_auth(
-                account.username, password.reveal(), encoding="latin-1"
+                account.username, password.reveal(), encoding=encoding
             ),
             "Accept": "application/json",
         }

@@ -162,3 +162,16 @@ async def test_the_default_account_needs_a_password_change_and_says_so(make_rig:
         details = (await response.json())["errors"][0]["details"]
     assert "new password" in details
     assert int(response.headers["Retry-After"]) >= 1
+
+
+@pytest.mark.parametrize(("charset", "attempts"), [("latin-1", 1), ("utf-8", 2)])
+async def test_a_password_beyond_ascii_logs_in_whichever_charset_the_webapp_decodes(
+    make_rig: MakeRig, charset: str, attempts: int
+) -> None:
+    """Basic auth's charset is not documented: Latin-1 first, UTF-8 after a refusal."""
+    password = "P\u00e4sswort-1a!"
+    rig = await make_rig(password=password, basic_charset=charset, env={"WA_PASSWORD": password})
+    async with rig.client.post("/v1/messages", json=MESSAGE) as response:
+        assert response.status == 201
+    assert rig.sim.login_attempts == attempts
+    assert rig.sim.logins == 1

@@ -1214,3 +1214,23 @@ def test_the_rate_limit_is_a_bucket_per_endpoint_that_refills_at_the_rate() -> N
     assert not buckets.admit("POST", "/v1/messages")
     now[0] = 100.0  # never more than the burst saved up
     assert [buckets.admit("POST", "/v1/messages") for _ in range(4)] == [True] * 3 + [False]
+
+
+async def test_logins_count_against_the_rate_limit_too(aiohttp_client: AiohttpClient) -> None:
+    """wa-api.md exempts no endpoint; a request counts before its credentials are checked."""
+    sim = Simulator(password_change_required=False, rate_limit=RateLimit(rate=0.001, burst=2))
+    client = await aiohttp_client(sim.make_app())
+    await login(client)
+    wrong = await client.post("/v1/users/login", headers={"Authorization": basic("admin", "x")})
+    assert wrong.status == 401
+    limited = await client.post(
+        "/v1/users/login", headers={"Authorization": basic("admin", DEFAULT_PASSWORD)}
+    )
+    assert limited.status == 429
+    assert (await limited.json())["errors"][0]["code"] == 1015
+
+
+def test_the_api_key_is_12_to_128_characters() -> None:
+    for key in ("k" * 11, "k" * 129):
+        with pytest.raises(ValueError, match="12 to 128"):
+            Simulator(api_key=key)

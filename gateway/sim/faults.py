@@ -109,7 +109,8 @@ def take_fault(faults: list[Fault], method: str, path: str) -> Fault | None:
 class RateLimit:
     """The Webapp's rate limit: ``rate`` requests per second per endpoint, bursts to ``burst``;
     beyond it, 429 with code 1015. An endpoint is a method and the path's first two segments
-    (``POST /v1/messages``, ``GET /v1/media``); logins are not limited."""
+    (``POST /v1/messages``, ``GET /v1/media``, ``POST /v1/users`` for logins); a request counts
+    before its credentials are checked."""
 
     rate: float = 20.0
     burst: float = 60.0

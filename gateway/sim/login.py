@@ -161,7 +161,7 @@ class Logins:
         if scheme != "basic" or credential is None:
             raise access_denied("Basic credentials are required")
         try:
-            decoded = base64.b64decode(credential, validate=True).decode()
+            decoded = base64.b64decode(credential, validate=True).decode(self._sim.basic_charset)
         except (binascii.Error, UnicodeDecodeError):
             raise access_denied("Malformed Basic credentials") from None
         name, colon, password = decoded.partition(":")
