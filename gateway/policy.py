@@ -81,7 +81,8 @@ RULES: tuple[Rule, ...] = (
 REFUSED_METHODS = frozenset({"TRACE", "CONNECT"})
 # The Webapp's whole API. As in nginx's "location = /path", a leading "=" means that path only.
 FORWARD_PATHS = ("/v1", "=/metrics")
-_NEVER_FORWARDED = ("/v1/users", "/_gateway")
+# What the rules refuse, and the gateway's own endpoints: no forwarded path may name them.
+_NEVER_FORWARDED = (*(rule.path for rule in RULES if rule.action is None), "/_gateway")
 
 
 @dataclass(frozen=True)

@@ -83,16 +83,16 @@ async def _log_in(
                 return grant
             current, pending = pending, None
     if rotate:
-        _settled(file, pending)
+        await _settled(file, pending)
         return await _rotate(file, post, current)
     try:
         grant = await post(current, None)
     except PasswordChangeRequired:
         if not rotate_if_required:
             raise
-        _settled(file, pending)
+        await _settled(file, pending)
         return await _rotate(file, post, current)
-    if pending is not None and not file.next_age() < SETTLE_AFTER:
+    if pending is not None and not await on_disk(file.next_age) < SETTLE_AFTER:
         await _discard(file)  # refused long enough while the old password works: never taken
     return grant
 
@@ -119,10 +119,12 @@ async def _rotate(file: PasswordFile, post: PostLogin, current: Secret) -> Grant
     return grant
 
 
-def _settled(file: PasswordFile, refused: Secret | None) -> None:
+async def _settled(file: PasswordFile, refused: Secret | None) -> None:
     """Refuse to start a rotation while a refused new password may still be taken late."""
-    age = file.next_age()
-    if refused is not None and age < SETTLE_AFTER:
+    if refused is None:
+        return
+    age = await on_disk(file.next_age)
+    if age < SETTLE_AFTER:
         raise LoginFailed(
             f"An earlier rotation's outcome is not known yet ({file.next_path} is kept); "
             f"the next one can start in {math.ceil(SETTLE_AFTER - age)} s."

@@ -227,6 +227,7 @@ class Simulator:
             max_media_size=self.max_media_size,
             password_change_revokes=self.password_change_revokes,
             rate_limit=None if self._buckets is None else self._buckets.limit,
+            basic_charset=self.basic_charset,
         )
         successor.users = dict(self.users)
         successor.application_settings = copy.deepcopy(self.application_settings)

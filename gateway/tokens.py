@@ -230,9 +230,10 @@ class TokenPool:
         except Exception as exc:  # a bug while a login was recorded: never a login per wake-up
             log_crash("token.login_crashed", exc)
             failure = LoginFailed(f"The login crashed: {type(exc).__name__}.")
-            if slot.account not in self._tokens:
+            kept = self._tokens.get(slot.account)
+            if kept is None:
                 self._attempts.failed(slot.schedule, failure, self.clock.monotonic())
-            return failure
+            return kept or failure
         else:
             return outcome
         finally:

@@ -108,6 +108,7 @@ class Webapp:
         self._base = str(config.webapp.url)
         self._clock = clock or SystemClock()
         self._session: aiohttp.ClientSession | None = None
+        self._basic_encoding = "latin-1"  # see _post_login
         file = config.webapp.password_file
         self._password_file = None if file is None else PasswordFile(file)
         server = config.server
@@ -222,13 +223,18 @@ class Webapp:
     ) -> Grant:
         """Log in with Basic credentials encoded as Latin-1, HTTP's historical default; a
         Webapp that refuses credentials with characters beyond ASCII is asked again with them
-        in UTF-8, since which one it decodes is not documented (a 401 means it did not act)."""
+        in UTF-8, since which one it decodes is not documented (a 401 means it did not act).
+        The encoding that worked is tried first from then on."""
+        first = self._basic_encoding
         try:
-            return await self._post_login_as(account, password, new_password, "latin-1")
+            return await self._post_login_as(account, password, new_password, first)
         except BadCredentials:
-            if f"{account.username}:{password.reveal()}".isascii():
+            if account.username.isascii() and password.reveal().isascii():
                 raise  # the same bytes either way
-            return await self._post_login_as(account, password, new_password, "utf-8")
+            other = "utf-8" if first == "latin-1" else "latin-1"
+            grant = await self._post_login_as(account, password, new_password, other)
+            self._basic_encoding = other  # the Webapp's reading: first from now on
+            return grant
 
     async def _post_login_as(
         self, account: Account, password: Secret, new_password: Secret | None, encoding: str

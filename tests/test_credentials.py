@@ -175,3 +175,7 @@ async def test_a_password_beyond_ascii_logs_in_whichever_charset_the_webapp_deco
         assert response.status == 201
     assert rig.sim.login_attempts == attempts
     assert rig.sim.logins == 1
+    rig.sim.revoke_all()  # the next login: in the encoding that worked, at once
+    async with rig.client.post("/v1/messages", json=MESSAGE) as response:
+        assert response.status == 201
+    assert rig.sim.login_attempts == attempts + 1

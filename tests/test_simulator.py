@@ -854,7 +854,9 @@ async def test_a_restarted_simulator_keeps_accounts_and_settings_only(
     sim.login_script.append(LoginFault("empty"))
     sim.login_delay, sim.reject_all_tokens = 1.0, True
     media_id = sim.add_media(10)
+    sim.basic_charset = "latin-1"
     successor = sim.restarted()
+    assert successor.basic_charset == "latin-1"
     forgotten = (successor.faults, successor.login_script, successor.login_delay, successor.tokens)
     assert forgotten == ([], collections.deque(), 0.0, {})
     assert not successor.reject_all_tokens

@@ -104,3 +104,20 @@ async def test_a_refusal_on_a_connection_whose_last_answer_is_still_unread_is_bo
         )
         await until(lambda: not connections(rig), within=BOUND)
     assert rig.gateway.in_flight.count == 0
+
+
+async def test_a_client_that_never_reads_an_answer_sent_before_a_close_is_disconnected(
+    make_rig: MakeRig,
+) -> None:
+    """An answer after which the connection closes (Connection: close) must be sent within the
+    send timeout too: a plain close would wait, unbounded, for the client to read it."""
+    rig = await make_rig(
+        env={"GATEWAY_CLIENT_SEND_TIMEOUT": "1", "GATEWAY_CLIENT_IDLE_TIMEOUT": "30"}
+    )
+    media = rig.sim.add_media(60 * 1024)
+    async with rawhttp.Connection(rig.client.port, receive_buffer=SMALL, timeout=30) as client:
+        await shrink_send_buffer(rig)
+        await client.send(
+            f"GET /v1/media/{media} HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n".encode()
+        )
+        await until(lambda: not connections(rig), within=BOUND)

@@ -314,6 +314,21 @@ async def test_a_bug_while_a_login_is_recorded_keeps_the_token_and_starts_no_log
         await pool.close()
 
 
+async def test_a_caller_waiting_for_a_login_whose_recording_failed_gets_its_token(
+    logins: Logins, clock: FakeClock, logs: Logs
+) -> None:
+    metrics = Metrics()
+    metrics.logins = BrokenCounter()  # type: ignore[assignment]
+    pool = TokenPool(logins, CONFIG, metrics, clock)
+    try:
+        token = await pool.token(ACCOUNT)
+        assert token.generation == 1
+        assert logins.calls == 1
+        assert logs.named("token.login_crashed")
+    finally:
+        await pool.close()
+
+
 async def test_close_returns_after_the_background_task_crashed(
     logins: Logins, clock: FakeClock, logs: Logs
 ) -> None:
