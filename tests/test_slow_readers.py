@@ -8,7 +8,9 @@ client a small receive buffer, as a client over a real network that stops readin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
@@ -36,6 +38,14 @@ async def shrink_send_buffer(rig: Rig) -> None:
     transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL)
 
 
+@contextlib.asynccontextmanager
+async def slow_client(rig: Rig) -> AsyncIterator[rawhttp.Connection]:
+    """A connection whose buffers, both ends, are small: a client over a real network."""
+    async with rawhttp.Connection(rig.client.port, receive_buffer=SMALL, timeout=30) as client:
+        await shrink_send_buffer(rig)
+        yield client
+
+
 async def test_a_client_that_never_reads_the_end_of_its_answer_is_disconnected(
     make_rig: MakeRig,
 ) -> None:
@@ -45,8 +55,7 @@ async def test_a_client_that_never_reads_the_end_of_its_answer_is_disconnected(
         env={"GATEWAY_CLIENT_SEND_TIMEOUT": "1", "GATEWAY_CLIENT_IDLE_TIMEOUT": "1"}
     )
     media = rig.sim.add_media(60 * 1024)
-    async with rawhttp.Connection(rig.client.port, receive_buffer=SMALL, timeout=30) as client:
-        await shrink_send_buffer(rig)
+    async with slow_client(rig) as client:
         await client.send(f"GET /v1/media/{media} HTTP/1.1\r\nHost: gateway\r\n\r\n".encode())
         await until(lambda: not connections(rig), within=BOUND)
 
@@ -58,8 +67,7 @@ async def test_a_client_that_pipelines_and_never_reads_is_disconnected(make_rig:
         env={"GATEWAY_CLIENT_SEND_TIMEOUT": "1", "GATEWAY_CLIENT_IDLE_TIMEOUT": "1"}
     )
     metrics = b"GET /_gateway/metrics HTTP/1.1\r\nHost: gateway\r\n\r\n"
-    async with rawhttp.Connection(rig.client.port, receive_buffer=SMALL, timeout=30) as client:
-        await shrink_send_buffer(rig)
+    async with slow_client(rig) as client:
         for _ in range(400):  # until the gateway stops reading requests, its answers unread
             client.writer.write(metrics * 50)
             try:
@@ -93,8 +101,7 @@ async def test_a_refusal_on_a_connection_whose_last_answer_is_still_unread_is_bo
         env={"GATEWAY_CLIENT_SEND_TIMEOUT": "1", "GATEWAY_CLIENT_BODY_TIMEOUT": "1"}
     )
     media = rig.sim.add_media(216 * 1024)
-    async with rawhttp.Connection(rig.client.port, receive_buffer=SMALL, timeout=30) as client:
-        await shrink_send_buffer(rig)
+    async with slow_client(rig) as client:
         await client.send(f"GET /v1/media/{media} HTTP/1.1\r\nHost: gateway\r\n\r\n".encode())
         while not rig.logs.named("request.completed"):  # read until the relay has ended
             await client.reader.read(SMALL)
@@ -115,8 +122,7 @@ async def test_a_client_that_never_reads_an_answer_sent_before_a_close_is_discon
         env={"GATEWAY_CLIENT_SEND_TIMEOUT": "1", "GATEWAY_CLIENT_IDLE_TIMEOUT": "30"}
     )
     media = rig.sim.add_media(60 * 1024)
-    async with rawhttp.Connection(rig.client.port, receive_buffer=SMALL, timeout=30) as client:
-        await shrink_send_buffer(rig)
+    async with slow_client(rig) as client:
         await client.send(
             f"GET /v1/media/{media} HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n".encode()
         )
