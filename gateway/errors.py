@@ -152,3 +152,11 @@ class WebappTimeout(Unavailable):
     status = 504
     code = 1014
     title = "Internal error"
+
+
+def reason(exc: BaseException) -> str:
+    """A failure in a few words: an OS error's text (never the file name it may carry), else
+    the exception's message."""
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return str(exc)

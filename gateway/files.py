@@ -18,6 +18,7 @@ import ssl
 import stat
 from pathlib import Path
 
+from .errors import reason
 from .secret import Secret
 from .values import Invalid, basic_auth_text, nonempty
 
@@ -37,7 +38,7 @@ def read_password_file(path: Path) -> Secret:
             )
             data = file.read(_MAX_PASSWORD_FILE + 1)
     except OSError as exc:
-        raise Invalid(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
+        raise Invalid(f"cannot be read ({reason(exc)})") from None
     if len(data) > _MAX_PASSWORD_FILE:
         raise Invalid(f"is larger than {_MAX_PASSWORD_FILE} bytes, it cannot hold just a password")
     try:
@@ -82,7 +83,7 @@ def _readable_file(value: object) -> Path:
         with path.open("rb") as file:
             file.read(1)
     except OSError as exc:
-        raise Invalid(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
+        raise Invalid(f"cannot be read ({reason(exc)})") from None
     return path
 
 
@@ -114,7 +115,7 @@ def key_file(value: object) -> Path:
         with path.open("rb") as file:
             mode = os.fstat(file.fileno()).st_mode
     except OSError as exc:
-        raise Invalid(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
+        raise Invalid(f"cannot be read ({reason(exc)})") from None
     _refuse_world_writable(mode, "the key the gateway's listener uses")
     return path
 
@@ -145,7 +146,7 @@ def load_pair(cert_file: Path, key_file: Path) -> ssl.SSLContext:
             ) from None
         raise Invalid("holds no PEM private key") from None
     except OSError as exc:
-        raise Invalid(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
+        raise Invalid(f"cannot be read ({reason(exc)})") from None
     return context
 
 

@@ -38,6 +38,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import reason
 from .files import read_password_file
 from .secret import Secret
 from .threads import on_disk
@@ -190,7 +191,7 @@ class PasswordFile:
         except OSError as exc:
             if exc.errno == errno.EROFS or not os.access(self.path.parent, os.W_OK):
                 return None  # nobody can write a new password here: no rotation to wait for
-            raise LockUnavailable(f"{self.lock_path} cannot be opened ({_strerror(exc)})") from None
+            raise LockUnavailable(f"{self.lock_path} cannot be opened ({reason(exc)})") from None
         # Made by another user (a rotate-password run as root, say) with a tight umask, it must
         # still open for the password file's owner and group: hand it over (it is empty).
         with contextlib.suppress(OSError):
@@ -204,7 +205,7 @@ class PasswordFile:
         except BlockingIOError:
             return False  # held by another login
         except OSError as exc:  # ENOLCK without a lock manager, EBADF on NFS read-only...
-            raise LockUnavailable(f"{self.lock_path} cannot be locked ({_strerror(exc)})") from None
+            raise LockUnavailable(f"{self.lock_path} cannot be locked ({reason(exc)})") from None
         return True
 
     def _sync_directory(self) -> None:
@@ -239,10 +240,6 @@ def _open_for_locking(path: Path) -> int:
         # Another user's lock file, closed to us for writing: reading is enough for flock on a
         # local file system (on NFS the lock itself then fails, named).
         return os.open(path, os.O_RDONLY | flags, 0o660)
-
-
-def _strerror(exc: OSError) -> str:
-    return exc.strerror or type(exc).__name__
 
 
 def _close(fd: int | None) -> None:

@@ -37,6 +37,7 @@ import structlog
 
 from .bearer import Account
 from .config import TokenConfig
+from .errors import reason
 from .log import log_crash
 from .login import BadCredentials, Grant, LoginFailed, LoginRefused, PasswordChangeRequired
 from .metrics import Metrics
@@ -103,7 +104,7 @@ async def _rotate(file: PasswordFile, post: PostLogin, current: Secret) -> Grant
         await on_disk(file.write_next, password)
     except OSError as exc:
         raise LoginFailed(
-            f"The new password could not be written to {file.next_path} ({_reason(exc)}); "
+            f"The new password could not be written to {file.next_path} ({reason(exc)}); "
             "nothing was sent."
         ) from None
     try:
@@ -138,7 +139,7 @@ async def _commit(file: PasswordFile, password: Secret, event: str) -> bool:
     try:
         await on_disk(file.commit, password)
     except (OSError, Invalid) as exc:
-        problem = _reason(exc)
+        problem = reason(exc)
     if problem is not None:
         log.error("password.commit_failed", password_file=str(file.path), problem=problem)
         return False
@@ -151,7 +152,7 @@ async def _discard(file: PasswordFile) -> None:
         await on_disk(file.discard_next)
     except OSError as exc:  # a read-only directory, say: it is tried and refused again later
         log.warning(
-            "password.discard_failed", password_file=str(file.next_path), problem=_reason(exc)
+            "password.discard_failed", password_file=str(file.next_path), problem=reason(exc)
         )
 
 
@@ -171,12 +172,6 @@ async def _read_next(file: PasswordFile) -> Secret | None:
             f"{file.next_path} {exc}; it may hold the Webapp's password, so the gateway "
             "neither uses nor replaces it until it is readable (or removed by hand)."
         ) from None
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError):
-        return exc.strerror or type(exc).__name__
-    return str(exc)
 
 
 @dataclass(eq=False)

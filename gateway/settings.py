@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from . import files, values
+from .errors import reason
 from .policy import FORWARD_PATHS
 from .values import Address
 
@@ -136,7 +137,7 @@ def read_document(
         with Path(path).open("rb") as file:
             document = tomllib.load(file)
     except OSError as exc:
-        problems.append(f"{label}: cannot be read ({exc.strerror or type(exc).__name__})")
+        problems.append(f"{label}: cannot be read ({reason(exc)})")
         return {}
     except UnicodeDecodeError:
         problems.append(f"{label}: is not UTF-8 text")
