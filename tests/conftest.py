@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import GATEWAY, Gateway, create_app
 from gateway.config import Config, TokenConfig, load_config
@@ -159,6 +160,26 @@ def make_rig(aiohttp_server: Any, aiohttp_client: Any, logs: Logs) -> MakeRig:
         return Rig(sim, webapp, client, config, logs)
 
     return make
+
+
+class Scrape:
+    """One scrape of /_gateway/metrics, parsed."""
+
+    def __init__(self, text: str, content_type: str) -> None:
+        self.content_type = content_type
+        self.samples = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    def __call__(self, name: str, **labels: str) -> float:
+        """The value of one sample; 0 for a labelled sample that was never counted."""
+        return self.samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    def labelled(self, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+        """Every sample called ``name``, by its labels."""
+        return {labels: value for (sample, labels), value in self.samples.items() if sample == name}
 
 
 async def error_of(response: ClientResponse) -> dict[str, object]:

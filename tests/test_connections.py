@@ -36,7 +36,7 @@ from gateway.connections import (
     descriptors_needed,
 )
 
-from .conftest import MESSAGE, Logs, gateway_config
+from .conftest import MESSAGE, Logs, Scrape, gateway_config
 from .processes import GatewayProcess, free_port, gateway_env, running_gateway, start_simulator
 from .rawhttp import LOCALHOST, Connection, parse
 from .test_tls import serving
@@ -222,13 +222,8 @@ def tls_handshake(port: int, client: ssl.SSLContext) -> ssl.SSLSocket:
 async def client_connections(session: aiohttp.ClientSession, url: str) -> float:
     """``wa_gateway_client_connections``, asked for through ``session`` (its connection counted)."""
     async with session.get(url + "/_gateway/metrics") as response:
-        metrics = await response.text()
-    [value] = [
-        line.split()[1]
-        for line in metrics.splitlines()
-        if line.startswith("wa_gateway_client_connections ")
-    ]
-    return float(value)
+        scraped = Scrape(await response.text(), response.content_type)
+    return scraped("wa_gateway_client_connections")
 
 
 async def test_a_tls_connection_closed_for_idleness_is_not_counted_while_awaiting_close_notify(

@@ -11,12 +11,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.simulator import Fault, LoginFault
 
 from . import rawhttp
-from .conftest import MESSAGE, MakeRig, Rig, until
+from .conftest import MESSAGE, MakeRig, Rig, Scrape, until
 
 OTHER_PASSWORD = "Other-pass-2!"
 # Logins that fail are not retried within a test, so every count is exact.
@@ -25,26 +24,6 @@ SLOW_RETRIES = {"GATEWAY_LOGIN_BACKOFF_INITIAL": "30", "GATEWAY_LOGIN_BACKOFF_MA
 
 def in_flight(rig: Rig) -> float | None:
     return rig.gateway.metrics.registry.get_sample_value("wa_gateway_requests_in_flight")
-
-
-class Scrape:
-    """One scrape of /_gateway/metrics, parsed."""
-
-    def __init__(self, text: str, content_type: str) -> None:
-        self.content_type = content_type
-        self.samples = {
-            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-        }
-
-    def __call__(self, name: str, **labels: str) -> float:
-        """The value of one sample; 0 for a labelled sample that was never counted."""
-        return self.samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-    def labelled(self, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-        """Every sample called ``name``, by its labels."""
-        return {labels: value for (sample, labels), value in self.samples.items() if sample == name}
 
 
 async def scrape(rig: Rig) -> Scrape:

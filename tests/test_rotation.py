@@ -40,7 +40,17 @@ from gateway.simulator import LoginFault, Simulator
 from gateway.threads import on_disk
 from gateway.tokens import TokenPool
 
-from .conftest import API_KEY, MESSAGE, TEST_ENV, Logs, MakeRig, Rig, open_files, until
+from .conftest import (
+    API_KEY,
+    MESSAGE,
+    TEST_ENV,
+    Logs,
+    MakeRig,
+    Rig,
+    Scrape,
+    open_files,
+    until,
+)
 from .processes import child_env
 
 OLD = "Old-password-1!"
@@ -660,10 +670,9 @@ async def test_the_schedule_rotates_a_password_file_older_than_the_interval(
         lambda: registry.get_sample_value("wa_gateway_password_rotations_total", {"result": "ok"})
     )
     async with rig.client.get("/_gateway/metrics") as response:
-        text = await response.text()
-    assert 'wa_gateway_password_rotations_total{result="ok"} 1.0' in text
-    age = next(line for line in text.splitlines() if line.startswith("wa_gateway_password_age"))
-    assert float(age.split()[-1]) < 3600
+        scraped = Scrape(await response.text(), response.content_type)
+    assert scraped("wa_gateway_password_rotations_total", result="ok") == 1
+    assert scraped.samples[("wa_gateway_password_age_seconds", ())] < 3600
     assert rig.sim.password_changes == 1  # fresh again: no second rotation
     assert_no_password_leaked(rig, OLD, rig.sim.password)
 

@@ -15,6 +15,7 @@ from pytest_aiohttp import AiohttpServer
 
 from gateway.sink import CAPACITY, LineSink
 
+from .conftest import Scrape
 from .processes import REPO, child_env, free_port, gateway_env, start_simulator
 
 # Well past what waits: a pipe's 64 KiB buffer, then the sink's capacity (an access line is some
@@ -110,14 +111,9 @@ async def test_a_gateway_whose_log_nobody_reads_keeps_answering(
 
             await asyncio.gather(*(check(REQUESTS // CONCURRENCY) for _ in range(CONCURRENCY)))
             async with session.get(base + "/_gateway/metrics") as response:
-                metrics = await response.text()
+                scraped = Scrape(await response.text(), response.content_type)
         assert statuses == [200] * (REQUESTS // CONCURRENCY * CONCURRENCY)
-        (dropped,) = (
-            float(line.split()[-1])
-            for line in metrics.splitlines()
-            if line.startswith("wa_gateway_log_lines_dropped_total")
-        )
-        assert dropped > 0
+        assert scraped("wa_gateway_log_lines_dropped_total") > 0
         # Once somebody reads, the lines come, and a notice of what was lost.
         async with asyncio.timeout(20):
             while b'"log.dropped"' not in await process.stdout.readline():

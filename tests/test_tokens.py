@@ -295,38 +295,36 @@ class BrokenCounter:
     def inc(self) -> None: ...
 
 
+@pytest.fixture
+async def unrecordable(logins: Logins, clock: FakeClock) -> AsyncIterator[TokenPool]:
+    """A pool whose successful logins fail to be recorded (their metric raises)."""
+    metrics = Metrics()
+    metrics.logins = BrokenCounter()  # type: ignore[assignment]
+    pool = TokenPool(logins, CONFIG, metrics, clock)
+    yield pool
+    await pool.close()
+
+
 async def test_a_bug_while_a_login_is_recorded_keeps_the_token_and_starts_no_login_loop(
-    logins: Logins, clock: FakeClock, logs: Logs
+    unrecordable: TokenPool, logins: Logins, logs: Logs
 ) -> None:
     """The token is kept before anything about it is recorded: the schedule, which says "logged
     in" by then, never does so without one, so the background task starts no login after it."""
-    metrics = Metrics()
-    metrics.logins = BrokenCounter()  # type: ignore[assignment]
-    pool = TokenPool(logins, CONFIG, metrics, clock)
-    pool.start([ACCOUNT])
-    try:
-        await until(lambda: logs.named("token.login_crashed"))
-        for _ in range(20):
-            await settle()
-        assert logins.calls == 1
-        assert pool.seconds_left(ACCOUNT) > 0
-    finally:
-        await pool.close()
+    unrecordable.start([ACCOUNT])
+    await until(lambda: logs.named("token.login_crashed"))
+    for _ in range(20):
+        await settle()
+    assert logins.calls == 1
+    assert unrecordable.seconds_left(ACCOUNT) > 0
 
 
 async def test_a_caller_waiting_for_a_login_whose_recording_failed_gets_its_token(
-    logins: Logins, clock: FakeClock, logs: Logs
+    unrecordable: TokenPool, logins: Logins, logs: Logs
 ) -> None:
-    metrics = Metrics()
-    metrics.logins = BrokenCounter()  # type: ignore[assignment]
-    pool = TokenPool(logins, CONFIG, metrics, clock)
-    try:
-        token = await pool.token(ACCOUNT)
-        assert token.generation == 1
-        assert logins.calls == 1
-        assert logs.named("token.login_crashed")
-    finally:
-        await pool.close()
+    token = await unrecordable.token(ACCOUNT)
+    assert token.generation == 1
+    assert logins.calls == 1
+    assert logs.named("token.login_crashed")
 
 
 async def test_close_returns_after_the_background_task_crashed(
