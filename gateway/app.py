@@ -44,6 +44,7 @@ from .log import log_crash
 from .metrics import Metrics
 from .passwords import PasswordFile
 from .policy import Action, Prefixes, decide
+from .responses import Response
 from .rotation import Rotator
 from .tokens import TokenPool
 from .webapp import Webapp
@@ -195,7 +196,7 @@ async def _readyz(request: web.Request) -> web.StreamResponse:
 
 async def _metrics(request: web.Request) -> web.StreamResponse:
     body, content_type = request.app[GATEWAY].metrics.render()
-    response = web.Response(body=body)
+    response = Response(body=body)
     response.headers["Content-Type"] = content_type
     return response
 

@@ -20,6 +20,7 @@ from typing import BinaryIO, TypeVar
 
 from .deadlines import extend
 from .errors import BadFraming, BodyTooLarge, RequestTimeout, SpoolFailed
+from .headers import only_chunked
 from .threads import on_disk
 
 T = TypeVar("T")
@@ -129,8 +130,7 @@ def check_framing(version: tuple[int, int], transfer_encoding: list[str]) -> Non
     """
     if not transfer_encoding:
         return
-    codings = [coding.strip().lower() for value in transfer_encoding for coding in value.split(",")]
-    if codings != ["chunked"] or version < (1, 1):
+    if not only_chunked(transfer_encoding) or version < (1, 1):
         raise BadFraming("Transfer-Encoding must be exactly 'chunked', and only in HTTP/1.1.")
 
 

@@ -30,9 +30,10 @@ from .errors import BadFraming, GatewayError
 from .headers import downstream_headers, sendable, upstream_headers
 from .metrics import Metrics
 from .policy import Action, Target
+from .responses import StreamResponse
 from .secret import Secret
 from .tokens import TokenPool
-from .webapp import Webapp, translate
+from .webapp import Webapp, token_verdict, translate
 
 log = structlog.get_logger("gateway.forward")
 
@@ -164,10 +165,10 @@ class Forwarder:
         token: Token | None,
     ) -> web.StreamResponse:
         """Stream ``answer`` back, having told the pool whether the Webapp accepted ``token``."""
-        if token is not None:
-            self.pool.report(self.webapp.account, token, accepted=answer.status != 401)
+        if token is not None and (accepted := token_verdict(answer.status)) is not None:
+            self.pool.report(self.webapp.account, token, accepted=accepted)
         reason = answer.reason
-        response = web.StreamResponse(
+        response = StreamResponse(
             status=answer.status,
             reason=reason if reason is None or sendable(reason) else None,  # None: the standard
             headers=downstream_headers(answer.headers, request_id=exchange.request_id),

@@ -162,3 +162,10 @@ def sendable(text: str) -> bool:
     """Whether aiohttp can send ``text`` (a header value, a reason phrase) as it is."""
     # Printable text (the usual case) holds neither a control character nor a lone surrogate.
     return text.isprintable() or (_CONTROL.search(text) is None and _decodable(text))
+
+
+def only_chunked(transfer_encoding: Iterable[str]) -> bool:
+    """Whether ``Transfer-Encoding`` values name no coding but ``chunked``, which HTTP/1.1 peers
+    undo themselves; any other (``gzip, chunked``) would reach the other side undone."""
+    codings = [coding.strip().lower() for value in transfer_encoding for coding in value.split(",")]
+    return codings in ([], ["chunked"])

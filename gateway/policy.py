@@ -11,7 +11,8 @@ path and query only: the gateway has exactly one destination.
 The rules are matched against a key that is the strictest reading any server might give the path:
 percent-decoded, lower-cased and without ``;parameters``, so that neither a case-insensitive router
 nor one that drops path parameters (``/v1/Users/admin``, ``/v1/users;x/admin``) can reach the
-user endpoints with the gateway's credentials. What is sent is still the normalised path.
+user endpoints with the gateway's credentials. The rules that refuse also match the key with every
+segment cut at its first dot (``/v1/users.json``). What is sent is still the normalised path.
 
 Two tables decide, both matched against that key: the :data:`RULES` (first match wins) say what is
 special, such as the logins the gateway answers itself, the user endpoints it refuses and the
@@ -170,9 +171,10 @@ def decide(
     raw_path, query = split_target(raw_target)
     path = normalise_path(raw_path)
     key = _matching_key(path)
+    loose = _without_suffixes(key)
     action = Action.FORWARD
     for rule in rules:
-        if rule.matches(method, key):
+        if rule.matches(method, key) or (rule.action is None and rule.matches(method, loose)):
             if rule.action is None:
                 raise Forbidden(
                     f"{method} {path} would act with the gateway's own credentials: "
@@ -220,15 +222,18 @@ _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # Escaped, these would let one path mean two things: a separator to one server, data to another.
 # An escaped "%" is a second layer of escaping: a server that decodes twice would see another
-# path (/v1/%2575sers is /v1/users to it) than the one checked here.
-_REFUSED_BYTES = frozenset({*range(0x20), 0x7F, ord("/"), ord("\\"), ord("%")})
+# path (/v1/%2575sers is /v1/users to it) than the one checked here. A front that decodes the
+# path and sends it on unescaped (nginx's "proxy_pass http://webapp$uri") would end the path at an
+# escaped "?", "#" or space: /v1/users%3F would reach the Webapp as /v1/users.
+_REFUSED_BYTES = frozenset({*range(0x21), 0x7F, *b"/\\%?#"})
 
 
 def _normalise_escape(match: re.Match[str]) -> str:
     byte = int(match.group(1), 16)
     if byte in _REFUSED_BYTES:
         raise BadRequest(
-            "The path holds an escaped slash, backslash, percent sign or control character."
+            "The path holds an escaped slash, backslash, percent sign, '?', '#', space or "
+            "control character."
         )
     char = chr(byte)
     return char if char in _UNRESERVED else "%" + match.group(1).upper()
@@ -261,6 +266,15 @@ def normalise_path(raw_path: str) -> str:
 
 
 _DOT_OR_EMPTY = frozenset({"", ".", ".."})
+
+
+def _without_suffixes(key: str) -> str:
+    """``key`` with every segment cut at its first dot, as the refusing rules also read it: a
+    router that takes a suffix for a format (Rails, Spring before 5.3) sends /v1/users.json to
+    /v1/users, and one that trims trailing dots sends /v1/users. there too."""
+    if "." not in key:
+        return key
+    return "/".join(segment.partition(".")[0] for segment in key.split("/"))
 
 
 def _matching_key(path: str) -> str:

@@ -12,7 +12,10 @@ limit a ``LineTooLong`` hit tells a request line (414) from a header field (431)
 gateway's limit and that one are refused by the app itself (414 too).
 
 A framing error inside a body that is being received (a bad chunk size arriving after the headers)
-fails that body at once, so its request gets 400 rather than stalling into a 408.
+fails that body at once, so its request gets 400 rather than stalling into a 408. A request that
+offers to upgrade to anything but WebSocket (``Upgrade: h2c``) is answered as plain HTTP/1.1 and
+its connection closed after the answer (what follows a declined WebSocket offer aiohttp reads on
+its own). Request bodies are never decompressed.
 
 What aiohttp sends after the handler has returned (an answer of the gateway's own, the end of a
 relayed one) and what a closing connection still has to send get ``GATEWAY_CLIENT_SEND_TIMEOUT``
@@ -49,6 +52,9 @@ def handler_args(server: ServerConfig) -> dict[str, Any]:
         # Closes a connection that has no complete request for this long: idle keep-alive
         # connections, and clients that send their headers too slowly (slowloris).
         "keepalive_timeout": server.client_idle_timeout,
+        # A client's compressed body passes through as sent, and GATEWAY_MAX_BODY counts the bytes
+        # that arrive, not what they would inflate to.
+        "auto_decompress": False,
     }
 
 
@@ -82,9 +88,16 @@ class _Protocol(RequestHandler):
     def data_received(self, data: bytes) -> None:
         queued = len(self._messages)
         super().data_received(data)
-        # aiohttp queues a parse error as the next message, leaving the body it broke open.
-        if len(self._messages) > queued and isinstance(self._messages[-1][0], _ErrInfo):
-            self._fail_unfinished_bodies()
+        for index in range(queued, len(self._messages)):
+            message, payload = self._messages[index]
+            if isinstance(message, _ErrInfo):
+                # aiohttp queues a parse error as the last message, leaving the body it broke open.
+                self._fail_unfinished_bodies()
+            elif message.upgrade and not self._upgraded and not message.should_close:
+                # An offer to upgrade to anything but WebSocket (h2c, say) makes aiohttp's C
+                # parser drop whatever the client pipelined behind it: the connection closes
+                # after the answer, so that such a request is not left waiting for one.
+                self._messages[index] = (message._replace(should_close=True), payload)
 
     async def finish_response(
         self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None

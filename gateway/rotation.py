@@ -215,25 +215,31 @@ class Rotator:
         settles_in = 0.0 if math.isnan(waiting) else SETTLE_AFTER - waiting
         return max(self.every - age, settles_in)
 
+    async def _rotate(self) -> str:
+        """Rotate now; the result as the rotations metric names it."""
+        outcome = await self.pool.rotate(self.account)
+        if isinstance(outcome, LoginFailed):
+            return outcome.kind
+        if await asyncio.to_thread(self.file.not_kept):
+            # Taken by the Webapp, not by the file: no rotation can follow until it is.
+            return "not_kept"
+        return "ok"
+
     async def run(self) -> None:
         """Rotate whenever due, forever. After a success, wait a whole interval whatever the
         file's clock says; after a failure, back off from GATEWAY_LOGIN_BACKOFF_MAX up to
         RECHECK."""
         failures = 0
         while True:
-            due_in = await asyncio.to_thread(self.due_in)
-            if due_in > 0:
-                await asyncio.sleep(min(due_in, RECHECK))
-                continue
             try:
-                outcome = await self.pool.rotate(self.account)
-            except Exception as exc:  # a bug must not end the schedule for good
+                due_in = await asyncio.to_thread(self.due_in)
+                if due_in > 0:
+                    await asyncio.sleep(min(due_in, RECHECK))
+                    continue
+                result = await self._rotate()
+            except Exception as exc:  # a bug or a failing disk must not end the schedule for good
                 log_crash("password.rotation_crashed", exc)
-                outcome = LoginFailed("The rotation crashed.")
-            result = outcome.kind if isinstance(outcome, LoginFailed) else "ok"
-            if result == "ok" and await asyncio.to_thread(self.file.not_kept):
-                # Taken by the Webapp, not by the file: no rotation can follow until it is.
-                result = "not_kept"
+                result = LoginFailed.kind
             self.metrics.rotations.labels(result).inc()
             if result != "ok":
                 failures += 1

@@ -116,7 +116,8 @@ class TokenPool:
             self._fail_fast(self._slot(account), self.clock.monotonic())
 
     def report(self, account: Account, token: Token, *, accepted: bool) -> None:
-        """Tell the pool whether the Webapp accepted ``token`` (any answer but 401).
+        """Tell the pool whether the Webapp accepted ``token`` (401 or not; an answer that
+        cannot tell, see :func:`gateway.webapp.token_verdict`, is not reported).
 
         A refused token that is the newest one was issued for this very request's replay. It is
         dropped, so that the next caller logs in afresh; once fresh tokens are refused in a row,
@@ -149,10 +150,12 @@ class TokenPool:
 
     def invalidate(self, account: Account, rejected: Token) -> bool:
         """Forget ``rejected`` if it is still the pooled token; True if it was."""
-        current = self._tokens.get(account)
-        if current is None or current.generation != rejected.generation:
-            return False
-        del self._tokens[account]
+        # One reading of the clock for both: cachetools raises for an item that expires between.
+        with self._tokens.timer:
+            current = self._tokens.get(account)
+            if current is None or current.generation != rejected.generation:
+                return False
+            del self._tokens[account]
         log.info(
             "token.invalidated", fingerprint=rejected.fingerprint, generation=rejected.generation
         )

@@ -11,14 +11,17 @@ import ssl
 from collections.abc import AsyncIterator
 
 import aiohttp
+from aiohttp import hdrs
 from multidict import CIMultiDict
 from yarl import URL
 
 from .bearer import Account, Clock, SystemClock, Token
 from .config import Config
+from .connector import Connector
 from .cutoff import CutWatch
 from .deadlines import extend
 from .errors import GatewayError, WebappTimeout, WebappUnreachable
+from .headers import only_chunked
 from .login import BadCredentials, Grant, InvalidLoginAnswer, WebappUnavailable, parse_login
 from .passwords import PasswordFile
 from .rotation import log_in
@@ -75,6 +78,16 @@ def translate(exc: BaseException) -> GatewayError:  # noqa: PLR0911 - one answer
     )
 
 
+def token_verdict(status: int) -> bool | None:
+    """What an answer says of the token it was sent with: refused (401), accepted, or nothing
+    (None) for 429 and 5xx, which the Webapp may give before it looks at the token."""
+    if status == 401:
+        return False
+    if status == 429 or status >= 500:
+        return None
+    return True
+
+
 # OpenSSL's verification results that a CA file cannot fix (X509_V_ERR_*).
 _CERT_NOT_YET_VALID, _CERT_HAS_EXPIRED = 9, 10
 _HOSTNAME_MISMATCH, _IP_ADDRESS_MISMATCH = 62, 64
@@ -120,7 +133,7 @@ class Webapp:
     async def open(self) -> None:
         """Create the connection pool (inside the running loop)."""
         server = self.config.server
-        connector = aiohttp.TCPConnector(
+        connector = Connector(
             limit=server.upstream_connections + AUTH_CONNECTIONS,
             ssl=ssl_context(self.config),
         )
@@ -188,14 +201,26 @@ class Webapp:
                 f"The Webapp answered with the interim status {response.status}.",
                 kind="invalid_response",
             )
+        if not only_chunked(response.headers.getall(hdrs.TRANSFER_ENCODING, ())):
+            # aiohttp undoes the chunks and leaves the rest: relayed, the body would be garbage.
+            response.close()
+            raise WebappUnreachable(
+                "The Webapp framed its answer with a Transfer-Encoding other than chunked.",
+                kind="invalid_response",
+            )
         return response
 
     async def check(self, account: Account, token: Token) -> bool:
-        """Whether the Webapp accepts ``token``: anything but 401 to ``GET /v1/health`` (the
-        cheapest call that needs one). Raises when the Webapp gives no answer."""
+        """Whether the Webapp accepts ``token``, as ``GET /v1/health`` (the cheapest call that
+        needs one) says. Raises when the Webapp gives no answer, or one that cannot tell."""
         headers = {"Authorization": token.authorization()}
-        async with self.session.get(self._base + CHECK_PATH, headers=headers) as response:
-            return response.status != 401
+        async with self.session.get(
+            self._base + CHECK_PATH, headers=headers, allow_redirects=False
+        ) as response:
+            accepted = token_verdict(response.status)
+        if accepted is None:
+            raise WebappUnavailable(f"The Webapp answered the token check with {response.status}.")
+        return accepted
 
     async def login(self, account: Account, *, rotate: bool = False) -> Grant:
         """Log in as ``account`` with Basic auth; raise :class:`LoginFailed` naming the cause.
@@ -251,8 +276,9 @@ class Webapp:
             headers["Content-Type"] = "application/json"  # the session skips the automatic one
         local_now = self._clock.time()
         try:
+            # A redirect is an answer, never followed: it could take a new password elsewhere.
             async with self.session.post(
-                self._base + LOGIN_PATH, headers=headers, json=body
+                self._base + LOGIN_PATH, headers=headers, json=body, allow_redirects=False
             ) as response:
                 answer = await _read_capped(response.content, MAX_LOGIN_ANSWER)
                 return parse_login(response.status, response.headers.get("Date"), answer, local_now)

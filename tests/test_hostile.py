@@ -491,7 +491,8 @@ CASES: list[Case] = [
         ),
         200,
         Upstream("GET", "/v1/health", absent=("Upgrade", "HTTP2-Settings", "Connection")),
-        closes=False,
+        # aiohttp's C parser would drop a request pipelined behind this one: see protocol.py.
+        closes=True,
     ),
     Case(
         "expect-100-continue",
@@ -894,6 +895,17 @@ PIPELINES = [
             http(b"GET /v1/users/x HTTP/1.1"),
         ],
         [200, 403],
+        ["/v1/health"],
+    ),
+    (
+        # aiohttp's C parser drops what follows an h2c offer: the connection closes instead of
+        # leaving the second request unanswered.
+        "after-an-h2c-upgrade-request",
+        [
+            http(GET, b"Connection: Upgrade, HTTP2-Settings", b"Upgrade: h2c"),
+            http(b"GET /v1/settings/application HTTP/1.1"),
+        ],
+        [200],
         ["/v1/health"],
     ),
     (

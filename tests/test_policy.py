@@ -48,7 +48,7 @@ NORMALISED = [
     ("/v1/%6Dessages", "/v1/messages", "unreserved-escape-decoded"),
     ("/v1/%7e%2D%5f%2E%41%7A%30", "/v1/~-_.Az0", "all-unreserved-kinds-decoded"),
     ("/v1/a%3bb", "/v1/a%3Bb", "reserved-escape-upper-cased"),
-    ("/v1/a%3Fb%23c%40d", "/v1/a%3Fb%23c%40d", "reserved-escapes-kept"),
+    ("/v1/a%3bb%40d%2B", "/v1/a%3Bb%40d%2B", "reserved-escapes-kept"),
     ("/v1/a%7cb%5ec", "/v1/a%7Cb%5Ec", "escapes-upper-cased"),
     ("/v1/a;b=c,d:e@f!$&'()*+", "/v1/a;b=c,d:e@f!$&'()*+", "sub-delims-kept"),
     ("/v1/...", "/v1/...", "three-dots-is-a-name"),
@@ -65,6 +65,10 @@ NORMALISE_REFUSED = [
     ("/v1/%2575sers/admin", "double-encoded-users"),
     ("/v1/a%25", "escaped-percent"),
     ("/v1/a%5cb", "encoded-backslash"),
+    ("/v1/users%3F", "encoded-question-mark"),
+    ("/v1/users%3f/admin", "encoded-question-mark-lower"),
+    ("/v1/users%23", "encoded-hash"),
+    ("/v1/users%20", "encoded-space"),
     ("/v1/a%5Cb", "encoded-backslash-upper"),
     ("/v1/a\\b", "raw-backslash"),
     ("/v1/a%00b", "nul"),
@@ -228,7 +232,14 @@ def test_decide_refuses(method: str, raw_target: str, error: type[Refused]) -> N
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
-@pytest.mark.parametrize("path", ["/v1/users/x", "/v1/users", "/v1/users/admin/x", "/v1/users/"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        *("/v1/users/x", "/v1/users", "/v1/users/admin/x", "/v1/users/"),
+        # A format suffix (Rails, Spring) or trailing dots, which some routers drop.
+        *("/v1/users.json", "/v1/users.", "/v1/users..", "/v1/Users.XML/admin", "/v1.0/users"),
+    ],
+)
 def test_every_method_on_users_is_forbidden(method: str, path: str) -> None:
     with pytest.raises(Forbidden):
         decide(method, path)
@@ -386,7 +397,7 @@ TARGETS = st.one_of(st.builds(str.__add__, PREFIXES, PATHISH), st.text(max_size=
 
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 _RFC3986_PATH = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-F]{2})*")
-_REFUSED_ESCAPE = re.compile(r"%(?:2F|5C|00)", re.IGNORECASE)
+_REFUSED_ESCAPE = re.compile(r"%(?:2F|5C|00|3F|23|20)", re.IGNORECASE)
 
 
 def _decision(method: str, raw_target: str) -> Action | type[Refused]:

@@ -13,7 +13,7 @@ import pytest
 
 from gateway.simulator import Fault, Simulator
 
-from .conftest import MESSAGE, PASSWORD, MakeRig, Rig, open_files
+from .conftest import MESSAGE, PASSWORD, MakeRig, Rig, open_files, until
 
 
 async def logged_in(rig: Rig) -> str:
@@ -168,6 +168,41 @@ async def test_a_webapp_that_refuses_every_token_meets_backoff_not_a_login_storm
                 if response.status == 201:
                     break
             await asyncio.sleep(0.1)
+    async with rig.client.get("/_gateway/readyz") as response:
+        assert response.status == 200
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_a_token_check_answered_with_a_rate_limit_or_5xx_does_not_make_the_gateway_ready(
+    make_rig: MakeRig, status: int
+) -> None:
+    """The Webapp counts a request against its rate limit, and may fail it, before it looks at
+    the token: such an answer to the check says nothing of the token, nor does one to a client's
+    request. Readiness stays 503 until a token is really accepted."""
+    rig = await make_rig(
+        env={"GATEWAY_LOGIN_BACKOFF_INITIAL": "0.2", "GATEWAY_LOGIN_BACKOFF_MAX": "0.2"}
+    )
+    await logged_in(rig)
+    rig.sim.reject_all_tokens = True
+    for _ in range(4):
+        async with rig.client.post("/v1/messages", json=MESSAGE) as response:
+            assert response.status in (401, 503)
+    rig.sim.faults.append(Fault("status", path="/v1/health", status=status, times=None))
+    rig.sim.faults.append(Fault("status", path="/v1/messages", status=status, times=None))
+
+    def checks() -> list[int | None]:
+        return [
+            seen.status for seen in rig.sim.seen_on("/v1/health") if seen.auth_scheme == "bearer"
+        ]
+
+    await until(lambda: len(checks()) >= 2 and checks()[-1] is not None)
+    async with rig.client.post("/v1/messages", json=MESSAGE) as response:
+        assert response.status in (status, 503)
+    async with rig.client.get("/_gateway/readyz") as response:
+        assert response.status == 503
+    rig.sim.faults.clear()
+    rig.sim.reject_all_tokens = False
+    await until(lambda: checks()[-1] == 200)
     async with rig.client.get("/_gateway/readyz") as response:
         assert response.status == 200
 

@@ -495,6 +495,33 @@ async def test_the_schedule_survives_a_rotation_that_crashes(
     assert metrics.rotations.labels("error")._value.get() >= 2
 
 
+class FailingDisk(PasswordFile):
+    """A password file on a disk that fails (EIO) once the new password is in use."""
+
+    def not_kept(self) -> bool:
+        raise OSError(errno.EIO, "Input/output error")
+
+
+async def test_the_schedule_survives_a_disk_error_after_a_rotation(
+    file: PasswordFile, logs: Logs
+) -> None:
+    failing = FailingDisk(file.path)
+    past = time.time() - 7200
+    os.utime(file.path, (past, past))
+    config = load_config(None, {**TEST_ENV, "WA_WEBAPP_URL": "http://127.0.0.1:9"})
+    metrics = Metrics()
+    webapp = FakeWebapp(OLD)
+    pool = TokenPool(webapp.post_account, config.tokens, metrics, rotate_fn=webapp.post_account)
+    rotator = Rotator(
+        pool, Account("http://127.0.0.1:9", "admin"), failing, 3600, config.tokens, metrics
+    )
+    rotator.start()
+    await until(lambda: len(logs.named("password.rotation_crashed")) >= 2)
+    await rotator.close()
+    await pool.close()
+    assert metrics.rotations.labels("error")._value.get() >= 2
+
+
 async def test_a_rotation_whose_password_could_not_replace_the_file_is_not_counted_ok(
     file: PasswordFile, logs: Logs
 ) -> None:

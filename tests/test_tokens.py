@@ -131,6 +131,34 @@ async def test_invalidating_the_pooled_token_makes_the_next_caller_log_in(
     assert logins.calls == 2
 
 
+class TickingClock(FakeClock):
+    """A clock that moves a microsecond each time it is read, once ``tick`` is set."""
+
+    tick = 0.0
+
+    def monotonic(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+async def test_a_token_rejected_as_it_expires_is_invalidated_without_an_error(
+    logins: Logins,
+) -> None:
+    """The pooled token expires between the look-up and the removal: no KeyError (a 500 for
+    the request whose 401 was being handled), and the next caller logs in."""
+    clock = TickingClock()
+    pool = TokenPool(logins, CONFIG, Metrics(), clock, random.Random(1))
+    try:
+        token = await pool.token(ACCOUNT)
+        # Alive at the look-up's reading of the clock, expired at the removal's.
+        clock.now, clock.tick = token.expires_at - 1.5e-6, 1e-6
+        assert pool.invalidate(ACCOUNT, token) is True
+        clock.tick = 0.0
+        assert (await pool.token(ACCOUNT)).generation == 2
+    finally:
+        await pool.close()
+
+
 async def test_a_late_rejection_of_an_old_token_keeps_the_new_one(
     pool: TokenPool, logins: Logins
 ) -> None:

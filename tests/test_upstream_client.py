@@ -92,7 +92,8 @@ async def gateway_before(
     **env: str,
 ) -> GatewayClient:
     """A gateway in front of ``webapp`` (served on 127.0.0.1, addressed as ``localhost``)."""
-    server = await aiohttp_server(webapp, host="127.0.0.1")
+    # What reaches the Webapp is recorded as it arrived, compressed or not.
+    server = await aiohttp_server(webapp, host="127.0.0.1", auto_decompress=False)
     config = gateway_config(f"http://localhost:{server.port}", **env)
     return await aiohttp_client(GatewayTestServer(create_app(config)))
 
@@ -185,6 +186,30 @@ async def test_a_redirect_from_the_webapp_goes_back_to_the_client_unfollowed(
         assert response.status == status
         assert response.headers["Location"] == location
     assert [(r.method, r.path_qs) for r in webapp.seen] == [(method, path)]
+
+
+async def test_a_redirected_login_is_a_failed_login_not_followed(
+    aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient, plain: aiohttp.ClientSession
+) -> None:
+    """aiohttp follows redirects by default, and keeps Basic credentials (and a new password
+    in the body) for a target on the same host: the login's answer is read as it is."""
+    followed: list[str] = []
+
+    async def moved(_request: web.Request) -> web.StreamResponse:
+        return web.Response(status=307, headers={"Location": "/v1/elsewhere"})
+
+    async def elsewhere(request: web.Request) -> web.StreamResponse:
+        followed.append(request.headers.get("Authorization", ""))
+        return await TinyWebapp()._login(request)
+
+    webapp = web.Application()
+    webapp.router.add_post(LOGIN_PATH, moved)
+    webapp.router.add_route("*", "/v1/elsewhere", elsewhere)
+    client = await gateway_before(webapp, aiohttp_server, aiohttp_client)
+    async with plain.post(url(client, "/v1/messages"), json=MESSAGE) as response:
+        assert response.status == 503
+        assert "307" in json.dumps(await response.json())
+    assert followed == []
 
 
 # --- proxies from the environment --------------------------------------------------------
@@ -344,6 +369,26 @@ async def test_a_compressed_answer_reaches_the_client_byte_for_byte(
         raw = await response.read()
     assert raw == GZIPPED
     assert gzip.decompress(raw) == WEBAPP_TEXT
+
+
+async def test_a_compressed_upload_reaches_the_webapp_byte_for_byte(
+    aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient, plain: aiohttp.ClientSession
+) -> None:
+    """aiohttp's server inflates request bodies unless told not to: the gateway passes them on as
+    sent, with the Content-Encoding that says how to read them, even when they are not what they
+    claim; and GATEWAY_MAX_BODY counts the bytes that arrive, not what they would inflate to."""
+    webapp = TinyWebapp()
+    client = await gateway_before(
+        webapp.make_app(), aiohttp_server, aiohttp_client, GATEWAY_MAX_BODY="64KiB"
+    )
+    bomb = gzip.compress(b"0" * (4 << 20), mtime=0)  # 4 MiB once inflated
+    bodies = [GZIPPED, bomb, b"not gzip at all"]
+    for body in bodies:
+        headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+        async with plain.post(url(client, "/v1/messages"), data=body, headers=headers) as answer:
+            assert answer.status == 200
+    assert [received.body for received in webapp.seen] == bodies
+    assert [received.headers["Content-Encoding"] for received in webapp.seen] == ["gzip"] * 3
 
 
 # --- the rejected answer is let go before the replay -------------------------------------
@@ -550,6 +595,100 @@ async def test_a_control_character_from_the_webapp_is_dropped_not_a_crash(
             assert "X-Odd" not in response.headers
             assert await response.read() == b"hi"
     assert not logs.named("request.crashed")
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi", {}),
+        (b"HTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n", {}),
+        (
+            b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/plain\r\n"
+            b"Content-Length: 2\r\n\r\nhi",
+            {"Server": "nginx", "Content-Type": "text/plain"},
+        ),
+    ],
+    ids=["length", "chunked", "both-sent"],
+)
+async def test_the_webapps_answer_gets_no_server_or_content_type_it_did_not_send(
+    aiohttp_client: AiohttpClient, answer: bytes, expected: dict[str, str]
+) -> None:
+    """aiohttp would add its own Server (with its version) and a Content-Type of
+    application/octet-stream; the gateway's own answers name no Server either."""
+    async with raw_webapp(answer) as webapp_url:
+        client = await aiohttp_client(GatewayTestServer(create_app(gateway_config(webapp_url))))
+        async with client.get("/v1/health") as response:  # the API key: no login needed
+            assert await response.read() == b"hi"
+            sent = {name: response.headers.get(name) for name in ("Server", "Content-Type")}
+        async with client.get("/_gateway/healthz") as own:
+            assert own.status == 200
+            assert "Server" not in own.headers
+    assert {name: value for name, value in sent.items() if value is not None} == expected
+
+
+@pytest.mark.parametrize("coding", [b"gzip, chunked", b"gzip", b"chunked, chunked"])
+async def test_an_answer_in_a_transfer_coding_the_gateway_cannot_pass_on_is_a_502(
+    aiohttp_client: AiohttpClient, logs: Logs, coding: bytes
+) -> None:
+    """aiohttp undoes only the chunks: relayed, the client would get gzip bytes framed as chunks
+    and nothing saying they are compressed. nginx answers 502 too."""
+    body = b"2\r\nhi\r\n0\r\n\r\n" if coding.endswith(b"chunked") else b"hi"
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + coding + b"\r\n\r\n" + body
+    async with raw_webapp(answer) as webapp_url:
+        client = await aiohttp_client(GatewayTestServer(create_app(gateway_config(webapp_url))))
+        async with client.get("/v1/health") as response:  # the API key: no login needed
+            assert response.status == 502
+            (error,) = (await response.json())["errors"]
+    assert "Transfer-Encoding" in error["details"]
+    (event,) = logs.named("request.completed")
+    assert event["failure"] == "invalid_response"
+
+
+async def test_bytes_a_pooled_connection_got_while_idle_never_answer_the_next_request(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    """A Webapp that sends more after a complete answer (a body after its 204): aiohttp would
+    read that as the answer to the next request on the connection, another client's, and every
+    answer after it would be one behind. The gateway opens a new connection instead."""
+    connections = 0
+    stray_sent = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                if not head.startswith(b"GET /v1/health "):  # the pool's login
+                    await reader.readexactly(int(head.lower().split(b"content-length:")[1]))
+                    writer.write(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
+                    continue
+                if stray_sent.is_set():
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nmine")
+                    continue
+                writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+                await writer.drain()
+                await asyncio.sleep(0.1)  # the gateway has put the connection back by then
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray")
+                await writer.drain()
+                stray_sent.set()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    async with server:
+        webapp_url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        client = await aiohttp_client(GatewayTestServer(create_app(gateway_config(webapp_url))))
+        async with client.get("/v1/health") as first:  # the API key: no login needed
+            assert first.status == 204
+        await stray_sent.wait()
+        await asyncio.sleep(0.05)  # and the stray bytes have reached it
+        answers = []
+        for _ in range(2):
+            async with client.get("/v1/health") as answer:
+                answers.append((answer.status, await answer.read()))
+    assert answers == [(200, b"mine")] * 2
 
 
 async def test_an_http10_client_gets_a_body_of_unknown_length_ended_by_the_close(
