@@ -78,6 +78,7 @@ class ServerConfig:
     max_url: int
     max_header: int
     max_headers: int
+    max_header_section: int
     client_idle_timeout: float
     client_body_timeout: float
     client_body_min_rate: int

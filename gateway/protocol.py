@@ -11,6 +11,12 @@ The line limit aiohttp applies is set one above both the URL and the header limi
 limit a ``LineTooLong`` hit tells a request line (414) from a header field (431). URLs between the
 gateway's limit and that one are refused by the app itself (414 too).
 
+The request line and header fields together may not exceed ``server.max_header_section``:
+counted as they arrive (aiohttp alone would hold any number of fields below its per-field limit
+while a client dribbles them in, about 1.5 MB a connection at the default limits), and measured
+exactly once a request is parsed from a read that could hold more. Beyond it: 431, and nothing
+more is read from that connection.
+
 A framing error inside a body that is being received (a bad chunk size arriving after the headers)
 fails that body at once, so its request gets 400 rather than stalling into a 408. A request that
 offers to upgrade to anything but WebSocket (``Upgrade: h2c``) is answered as plain HTTP/1.1 and
@@ -32,6 +38,8 @@ from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from .access import Exchange, completed
@@ -63,12 +71,29 @@ def line_limit(server: ServerConfig) -> int:
     return max(server.max_url, server.max_header) + 1
 
 
+class HeadTooLarge(BadHttpMessage):
+    """The request line and header fields together are longer than the gateway takes."""
+
+
+def head_size(message: RawRequestMessage) -> int:
+    """The bytes of a request's line and header fields, each field counted as ``name: value``
+    and the line ending (how far a field's own spacing differs from that is not seen)."""
+    line = len(message.method) + len(message.path) + 12  # two spaces, HTTP/1.x, CRLF
+    fields = sum(len(name) + len(value) + 4 for name, value in message.raw_headers)
+    return line + fields + 2
+
+
 def refusal(exc: BaseException | None, status: int, server: ServerConfig) -> GatewayError:
     """The gateway error for a request aiohttp could not parse (``status`` is aiohttp's)."""
+    if isinstance(exc, HeadTooLarge):
+        return HeadersTooLarge(
+            f"The request line and header fields are longer than {server.max_header_section} "
+            "bytes together."
+        )
     if isinstance(exc, LineTooLong):
         if exc.args[1] == line_limit(server):
-            return UriTooLong(f"The request line is longer than {server.max_url} bytes.")
-        return HeadersTooLarge(f"A header field is longer than {server.max_header} bytes.")
+            return UriTooLong(f"The request target is longer than {server.max_url} bytes.")
+        return HeadersTooLarge(f"A header name or value is longer than {server.max_header} bytes.")
     if isinstance(exc, BadHttpMessage) and "Too many headers" in exc.message:
         return HeadersTooLarge(f"The request has more than {server.max_headers} header fields.")
     if isinstance(exc, BadHttpMessage) or status < 500:
@@ -79,25 +104,55 @@ def refusal(exc: BaseException | None, status: int, server: ServerConfig) -> Gat
 class _Protocol(RequestHandler):
     """A connection whose parse errors are answered in the gateway's format."""
 
-    __slots__ = ("_gateway",)
+    __slots__ = ("_body", "_gateway", "_head", "_max_head", "_refused")
 
     def __init__(self, manager: web.Server, gateway: Gateway, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._gateway = gateway
+        self._max_head = gateway.config.server.max_header_section
+        self._head = 0  # bytes of a head still arriving, as far as they have been counted
+        self._body: StreamReader | None = None  # of the last request parsed
+        self._refused = False  # a head too large: nothing more is read
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        body = self._body
+        head = self._head + len(data) if body is None or body.is_eof() else 0
         queued = len(self._messages)
         super().data_received(data)
+        if len(self._messages) == queued:  # a head (or a body) still arriving
+            self._head = head
+            if head > self._max_head:
+                self._refuse_head()
+            return
+        self._head = 0
         for index in range(queued, len(self._messages)):
             message, payload = self._messages[index]
+            self._body = payload
             if isinstance(message, _ErrInfo):
                 # aiohttp queues a parse error as the last message, leaving the body it broke open.
                 self._fail_unfinished_bodies()
+            elif head > self._max_head and head_size(message) > self._max_head:
+                # Measured only when the bytes that arrived could hold too large a head.
+                while len(self._messages) > index:
+                    self._messages.pop()
+                self._refuse_head()
+                return
             elif message.upgrade and not self._upgraded and not message.should_close:
                 # An offer to upgrade to anything but WebSocket (h2c, say) makes aiohttp's C
                 # parser drop whatever the client pipelined behind it: the connection closes
                 # after the answer, so that such a request is not left waiting for one.
                 self._messages[index] = (message._replace(should_close=True), payload)
+
+    def _refuse_head(self) -> None:
+        """Answer 431 to a head beyond ``server.max_header_section``, and read no more: aiohttp
+        would hold any number of header fields below its per-field limit while they arrive."""
+        self._refused = True
+        exc = HeadTooLarge(f"{self._max_head} bytes")
+        self._messages.append((_ErrInfo(status=431, exc=exc, message=exc.message), EMPTY_PAYLOAD))
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     async def finish_response(
         self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None

@@ -46,6 +46,13 @@ def problems(values: Mapping[str, Mapping[str, object]]) -> Iterator[str]:
             f"GATEWAY_LOGIN_TIMEOUT (tokens.login_timeout): must be at most "
             f"{MAX_LOGIN_TIMEOUT:g} seconds"
         )
+    section = server.get("max_header_section")
+    lines = [server.get("max_url"), server.get("max_header")]
+    if isinstance(section, int) and any(isinstance(n, int) and n > section for n in lines):
+        yield (
+            "GATEWAY_MAX_HEADER_SECTION (server.max_header_section): must not be below "
+            "GATEWAY_MAX_URL or GATEWAY_MAX_HEADER, which it holds"
+        )
     initial, ceiling = tokens.get("backoff_initial"), tokens.get("backoff_max")
     if isinstance(initial, float) and isinstance(ceiling, float) and initial > ceiling:
         yield (

@@ -91,6 +91,7 @@ SETTINGS: tuple[Setting[object], ...] = (
     Setting("server", "max_url", "GATEWAY_MAX_URL", values.size, 8 << 10),
     Setting("server", "max_header", "GATEWAY_MAX_HEADER", values.size, 8 << 10),
     Setting("server", "max_headers", "GATEWAY_MAX_HEADERS", values.count, 100),
+    Setting("server", "max_header_section", "GATEWAY_MAX_HEADER_SECTION", values.size, 32 << 10),
     Setting("server", "client_idle_timeout", "GATEWAY_CLIENT_IDLE_TIMEOUT", values.seconds, 30.0),
     Setting("server", "client_body_timeout", "GATEWAY_CLIENT_BODY_TIMEOUT", values.seconds, 30.0),
     Setting("server", "client_body_min_rate", "GATEWAY_CLIENT_BODY_MIN_RATE", values.size, 1 << 10),

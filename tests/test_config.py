@@ -861,6 +861,19 @@ def test_backoff_initial_above_backoff_max_is_refused() -> None:
     assert line.startswith("GATEWAY_LOGIN_BACKOFF_INITIAL (tokens.backoff_initial): ")
 
 
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"GATEWAY_MAX_URL": "64KiB"},
+        {"GATEWAY_MAX_HEADER": "64KiB"},
+        {"GATEWAY_MAX_HEADER_SECTION": "4KiB"},
+    ],
+)
+def test_the_header_section_must_hold_the_longest_target_and_field(env: dict[str, str]) -> None:
+    line = problem(**env)
+    assert line.startswith("GATEWAY_MAX_HEADER_SECTION (server.max_header_section): ")
+
+
 def test_every_problem_is_reported_at_once_in_table_order() -> None:
     found = problems(
         base={},

@@ -41,6 +41,7 @@ LOGIN = "/v1/users/login"
 LIMITS = {
     "GATEWAY_MAX_URL": "4096",
     "GATEWAY_MAX_HEADER": "4096",
+    "GATEWAY_MAX_HEADER_SECTION": "16KiB",
     "GATEWAY_MAX_BODY": "64KiB",
     "GATEWAY_BODY_MEMORY": "16KiB",
     "GATEWAY_CLIENT_IDLE_TIMEOUT": "0.5",
@@ -362,6 +363,30 @@ CASES: list[Case] = [
         closes=False,
     ),
     Case("headers-over-count-limit", http(GET, *(b"X-%d: 1" % i for i in range(100))), 431),
+    Case(
+        "header-section-within-limit",
+        http(GET, *(b"X-Big-%d: " % i + b"a" * 4000 for i in range(3))),
+        200,
+        Upstream("GET", "/v1/health", headers={"X-Big-2": "a" * 4000}),
+        closes=False,
+    ),
+    Case(
+        "header-section-over-limit",
+        http(GET, *(b"X-Big-%d: " % i + b"a" * 4000 for i in range(5))),
+        431,
+        details="together",
+    ),
+    Case(
+        # Fields that are each within the limits, dribbled in and never finished: refused once
+        # they add up, not held until the idle timeout.
+        "header-section-over-limit-never-finished",
+        (
+            GET + b"\r\n" + HOST + b"\r\nX-Pad: " + b"a" * 400 + b"\r\n",
+            *(b"X-Big-%d: " % i + b"a" * 4000 + b"\r\n" for i in range(4)),
+        ),
+        431,
+        details="together",
+    ),
     # --- targets that would choose another destination ---------------------------------------
     Case(
         "absolute-form",
