@@ -13,6 +13,7 @@ from .metrics import Metrics
 log = structlog.get_logger("gateway.access")
 
 MAX_LOGGED_PATH = 512
+OWN_PREFIX = "/_gateway/"  # the gateway's own endpoints
 
 
 @dataclass(eq=False)
@@ -39,13 +40,16 @@ def completed(
     status: int,
     client: str | None,
 ) -> None:
-    """Count the request and write its ``request.completed`` event."""
+    """Count the request and write its ``request.completed`` event (at debug for a probe or
+    scrape of the gateway's own endpoints that succeeded: a health check every few seconds
+    would otherwise make most of the access log)."""
     elapsed = time.perf_counter() - exchange.started
     metrics.count_request(method or "other", status, elapsed)
     path = exchange.path
     if path is None and raw_path is not None:  # refused before it was normalised: log it raw
         path = _logged_path(raw_path)
-    log.info(
+    probe = status == 200 and path is not None and path.startswith(OWN_PREFIX)
+    (log.debug if probe else log.info)(
         "request.completed",
         method=method,
         path=path,

@@ -167,6 +167,7 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
         raise Overloaded(
             f"The gateway is handling {limits.max_concurrent} requests already; retry shortly.",
             retry_after=1,
+            kind="max_concurrent",
         )
     if request.version not in HTTP_VERSIONS:
         raise BadRequest("Only HTTP/1.0 and HTTP/1.1 requests are accepted.")
@@ -201,16 +202,14 @@ async def _metrics(request: web.Request) -> web.StreamResponse:
     return response
 
 
-# aiohttp's own refusals (a target the router cannot place, say) in the gateway's error format.
-_HTTP_EXCEPTIONS: dict[int, type[GatewayError]] = {
-    404: NotFound,
-    405: MethodNotAllowed,
-    413: BodyTooLarge,
-}
-
-
-def _from_http_exception(exc: web.HTTPException) -> GatewayError:
-    return _HTTP_EXCEPTIONS.get(exc.status, BadRequest)(f"{exc.status} {exc.reason}.")
+def _from_http_exception(exc: web.HTTPException, method: str) -> GatewayError:
+    """aiohttp's own refusals in the gateway's error format. Every path has a route, so the
+    router's 404 is for a target that is not one (``*``, or CONNECT's authority)."""
+    if method == hdrs.METH_CONNECT:
+        return MethodNotAllowed("CONNECT is not supported: the gateway opens no tunnels.")
+    if exc.status == 404:
+        return NotFound("The request target is not a path, such as /v1/messages.")
+    return (BodyTooLarge if exc.status == 413 else BadRequest)(f"{exc.status} {exc.reason}.")
 
 
 def _observe(gateway: Gateway) -> Middleware:
@@ -253,7 +252,7 @@ async def _answer(request: web.Request, handler: Handler, exchange: Exchange) ->
         exchange.failure = exchange.failure or error.kind or None
         unusable = isinstance(error, RequestTimeout | BadFraming)
     except web.HTTPException as exc:
-        response = error_response(_from_http_exception(exc))
+        response = error_response(_from_http_exception(exc, request.method))
     except asyncio.CancelledError:
         exchange.failure = "cancelled"  # the client hung up, or shutdown's grace period ended
         raise

@@ -97,10 +97,12 @@ class ReplayableBody:
                 file.close()
             if too_slow:
                 raise RequestTimeout(
-                    f"The request body arrived slower than {min_rate:g} bytes/s."
+                    f"The request body arrived slower than {min_rate:g} bytes/s.",
+                    kind="client_body_too_slow",
                 ) from None
             raise RequestTimeout(
-                f"The request body stalled: nothing arrived for {idle_timeout} s."
+                f"The request body stalled: nothing arrived for {idle_timeout} s.",
+                kind="client_body_timeout",
             ) from None
         except BaseException:
             if file is not None:
@@ -156,7 +158,8 @@ async def _on_disk(
     except OSError as exc:
         reason = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
         raise SpoolFailed(
-            f"The gateway could not store the request body ({reason}); see GATEWAY_SPOOL_DIR."
+            f"The gateway could not store the request body ({reason}); see GATEWAY_SPOOL_DIR.",
+            kind="spool_failed",
         ) from None
 
 

@@ -45,7 +45,9 @@ class GatewayError(Exception):
         super().__init__(details)
         self.details = details
         self.retry_after = retry_after
-        self.kind = kind  # for metrics and logs: which way an exchange with the Webapp failed
+        # For the access event's failure, and for an exchange with the Webapp that failed,
+        # wa_gateway_upstream_errors_total's label.
+        self.kind = kind
 
     def body(self) -> bytes:
         """The WhatsApp-style JSON body."""
@@ -90,6 +92,13 @@ class MethodNotAllowed(Refused):
     status = 405
     code = 1025
     title = "Invalid request"
+
+    # The gateway forwards any method but TRACE and CONNECT; these are the ones HTTP defines.
+    ALLOW = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+
+    def headers(self) -> dict[str, str]:
+        """A 405 says which methods are allowed (RFC 9110 section 15.5.6)."""
+        return {**super().headers(), "Allow": self.ALLOW}
 
 
 class RequestTimeout(Refused):

@@ -163,6 +163,7 @@ class Schedule:
             f"The gateway holds no token for the Webapp: {cause} "
             f"Next attempt in {math.ceil(retry_after)} s.",
             retry_after=retry_after,
+            kind="no_token",
         )
 
     def _recovered(self) -> None:

@@ -7,6 +7,8 @@ where client exceptions become gateway errors. :func:`parse_login` reads a login
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import ssl
 from collections.abc import AsyncIterator
 
@@ -68,7 +70,10 @@ def translate(exc: BaseException) -> GatewayError:  # noqa: PLR0911 - one answer
             kind="tls",
         )
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return WebappUnreachable("The gateway cannot connect to the Webapp.", kind="connect")
+        return WebappUnreachable(
+            f"The gateway cannot connect to the Webapp ({_connect_reason(exc.os_error)}).",
+            kind="connect",
+        )
     if isinstance(exc, aiohttp.ClientResponseError):
         return WebappUnreachable(
             "The Webapp sent an invalid HTTP response.", kind="invalid_response"
@@ -86,6 +91,14 @@ def token_verdict(status: int) -> bool | None:
     if status == 429 or status >= 500:
         return None
     return True
+
+
+def _connect_reason(error: OSError) -> str:
+    """Why a connection could not be made, in the system's words and without the address
+    (asyncio's message names it; the operator has it in WA_WEBAPP_URL)."""
+    if isinstance(error, socket.gaierror):
+        return f"its host name does not resolve: {error.strerror}"
+    return os.strerror(error.errno) if error.errno else type(error).__name__
 
 
 # OpenSSL's verification results that a CA file cannot fix (X509_V_ERR_*).

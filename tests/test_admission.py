@@ -11,7 +11,7 @@ import aiohttp
 
 from gateway.simulator import Fault
 
-from .conftest import MESSAGE, MakeRig, Rig, error_of, until, warmed
+from .conftest import MESSAGE, Logs, MakeRig, Rig, error_of, until, warmed
 
 HOLD = "/v1/media/held"
 
@@ -46,12 +46,15 @@ async def refused(response: Awaitable[aiohttp.ClientResponse]) -> str:
 
 
 async def test_requests_beyond_max_concurrent_get_a_fast_503_and_never_reach_the_webapp(
-    make_rig: MakeRig,
+    make_rig: MakeRig, logs: Logs
 ) -> None:
     rig = await warmed(make_rig, GATEWAY_MAX_CONCURRENT="2", GATEWAY_UPSTREAM_TIMEOUT="30")
     async with held(rig, 2):
         details = await refused(rig.client.post("/v1/messages", json=MESSAGE))
         assert "handling 2 requests already" in details
+        # Told apart from the Webapp's own 503 (its rate limit) in the access log.
+        (event,) = [e for e in logs.named("request.completed") if e["status"] == 503]
+        assert event["failure"] == "max_concurrent"
         async with rig.client.get("/_gateway/readyz") as response:  # never refused
             assert response.status == 200
         assert rig.sim.seen_on("/v1/messages") == []

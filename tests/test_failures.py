@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import socket
+from types import SimpleNamespace
 
 import aiohttp
 import pytest
@@ -11,6 +12,7 @@ from aiohttp import web
 
 from gateway.access import Exchange
 from gateway.simulator import Fault
+from gateway.webapp import translate
 
 from . import rawhttp
 from .conftest import MESSAGE, MakeRig, Rig, error_of, warmed
@@ -23,7 +25,17 @@ async def test_an_unreachable_webapp_gives_502(make_rig: MakeRig) -> None:
         assert response.status == 502
         error = await error_of(response)
     assert error["code"] == 1014
-    assert "connect" in str(error["details"])
+    # Why, in the system's words, and not where: the address is the operator's to know.
+    assert error["details"] == "The gateway cannot connect to the Webapp (Connection refused)."
+
+
+def test_a_webapp_name_that_does_not_resolve_is_named_as_such() -> None:
+    key = SimpleNamespace(host="webapp.invalid", port=443, ssl=True)
+    failure = aiohttp.ClientConnectorDNSError(key, socket.gaierror(-2, "Name or service not known"))  # type: ignore[arg-type]
+    error = translate(failure)
+    assert (error.status, error.kind) == (502, "connect")
+    assert "does not resolve: Name or service not known" in str(error)
+    assert "webapp.invalid" not in str(error)
 
 
 async def test_a_silent_webapp_gives_504_after_the_timeout(make_rig: MakeRig) -> None:

@@ -265,7 +265,8 @@ async def test_ambiguous_paths_are_refused(rig: Rig, target: str) -> None:
 async def test_connect_and_trace_are_refused(rig: Rig, method: str) -> None:
     target = "evil.example:443" if method == "CONNECT" else "/v1/messages"
     response = await rawhttp.request("127.0.0.1", rig.client.port, f"{method} {target} HTTP/1.1")
-    assert response.status in (404, 405)  # CONNECT's authority-form target matches no route
+    assert response.status == 405
+    assert response.headers["allow"] == "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
     assert [s for s in rig.sim.seen if s.path_qs != "/v1/users/login"] == []
 
 

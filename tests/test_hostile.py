@@ -413,10 +413,11 @@ CASES: list[Case] = [
     Case(
         "connect-authority",
         http(b"CONNECT evil.example:443 HTTP/1.1", b"Host: evil.example:443", host=False),
-        404,
+        405,
         closes=False,
+        details="no tunnels",
     ),
-    Case("connect-path", http(b"CONNECT /v1/health HTTP/1.1"), 404, closes=False),
+    Case("connect-path", http(b"CONNECT /v1/health HTTP/1.1"), 405, closes=False),
     Case("trace", http(b"TRACE /v1/health HTTP/1.1"), 405, closes=False),
     Case("options-asterisk", http(b"OPTIONS * HTTP/1.1"), 404, closes=False),
     Case(
@@ -711,6 +712,8 @@ async def test_a_body_sent_byte_by_byte_gets_408_and_is_never_forwarded(
     assert response.closes
     assert forwarded(rig) == []
     assert rig.gateway.in_flight.count == 0
+    (event,) = logs.named("request.completed")
+    assert event["failure"] == "client_body_timeout"
     await assert_healthy(rig, logs)
 
 
@@ -730,6 +733,8 @@ async def test_a_body_trickled_in_time_but_too_slowly_gets_408_and_is_never_forw
     assert "slower than 100 bytes/s" in str(error_of(response)["details"])
     assert response.closes
     assert forwarded(rig) == []
+    (event,) = logs.named("request.completed")
+    assert event["failure"] == "client_body_too_slow"
     await assert_healthy(rig, logs)
 
 

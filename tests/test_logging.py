@@ -94,6 +94,32 @@ async def test_the_access_event_of_a_forwarded_request_has_every_field(
     assert seen.request_id == "fields-1"
 
 
+async def test_probes_that_succeed_are_logged_at_debug_and_the_rest_at_info(
+    make_rig: MakeRig, logs: Logs
+) -> None:
+    """A health check every few seconds must not make most of the access log; a probe that
+    fails, or a request the gateway refused or answered for lack of a token, still shows."""
+    rig = await make_rig(env={"WA_PASSWORD": "Wrong-pass-1!"})  # no token: readyz says 503
+    paths = {
+        "probe-ok": "/_gateway/healthz",
+        "scrape-ok": "/_gateway/metrics",
+        "probe-failed": "/_gateway/readyz",
+        "probe-unknown": "/_gateway/nothing",
+        "no-token": "/v1/messages",
+    }
+    for request_id, path in paths.items():
+        async with rig.client.get(path, headers={"X-Request-ID": request_id}) as response:
+            await response.read()
+    events = [await access_event(logs, request_id) for request_id in paths]
+    assert {event["request_id"]: (event["level"], event["failure"]) for event in events} == {
+        "probe-ok": ("debug", None),
+        "scrape-ok": ("debug", None),
+        "probe-failed": ("info", None),
+        "probe-unknown": ("info", None),
+        "no-token": ("info", "no_token"),
+    }
+
+
 async def test_a_request_replayed_after_a_401_is_logged_as_retried(rig: Rig, logs: Logs) -> None:
     async with rig.client.get("/v1/settings/application") as response:
         assert response.status == 200

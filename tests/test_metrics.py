@@ -177,6 +177,14 @@ async def test_in_flight_counts_requests_being_handled_and_returns_to_zero(rig: 
     await until(lambda: in_flight(rig) == 0)
 
 
+async def test_counters_and_histograms_come_without_created_series(rig: Rig) -> None:
+    """prometheus_client adds a "_created" gauge beside each, with the counter's help text."""
+    assert await call(rig, "POST", "/v1/messages", json=MESSAGE) == 201
+    scraped = await scrape(rig)
+    assert scraped("wa_gateway_requests_total", method="POST", status="201") == 1
+    assert [name for name, _ in scraped.samples if name.endswith("_created")] == []
+
+
 async def test_the_login_breaker_state_and_process_health_are_exported(make_rig: MakeRig) -> None:
     rig = await make_rig(
         env={
