@@ -65,6 +65,23 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return INTERRUPTED
 
 
+# The failures' own advice is the serving gateway's, which retries by itself ("the gateway keeps
+# retrying"); rotate-password tries once, so whatever the cause, the last step is to run it again.
+_CHECK = {
+    "bad_credentials": "check WA_USERNAME and WA_PASSWORD_FILE",
+    "webapp_unavailable": "check that the Webapp is up and reachable",
+    "invalid_answer": "check the Webapp's version and clock",
+    "token_rejected": "check the Webapp and its user",
+}
+
+
+def _retry_advice(failure: LoginFailed) -> str:
+    check = _CHECK.get(failure.kind)
+    if check is None:
+        return "This command does not retry; run it again once that is resolved."
+    return f"This command does not retry; {check}, then run it again."
+
+
 async def _rotate_password(config: Config) -> int:
     """Rotate once, as a running gateway would; its logins read the new password from the file.
 
@@ -82,7 +99,7 @@ async def _rotate_password(config: Config) -> int:
         async with asyncio.timeout(config.tokens.login_timeout):
             await webapp.login(webapp.account, rotate=True)
     except LoginFailed as exc:
-        failure = f"rotation failed ({exc.kind}): {exc.details} {exc.advice}"
+        failure = f"rotation failed ({exc.kind}): {exc.details} {_retry_advice(exc)}"
     except TimeoutError:
         failure = (
             f"rotation failed: no answer within GATEWAY_LOGIN_TIMEOUT "

@@ -32,7 +32,7 @@ from yarl import URL
 from . import relations
 from .files import load_pair
 from .secret import MASK, Secret
-from .settings import BY_KEY, REQUIRED, SETTINGS, raw_value, read_document
+from .settings import BY_KEY, REQUIRED, SETTINGS, UnusableFile, load_document, raw_value
 from .values import Address, Invalid
 
 
@@ -130,10 +130,15 @@ def load_config(path: str | Path | None, environ: Mapping[str, str]) -> Config:
     """Build the configuration from the TOML file at ``path`` (if any) and ``environ``.
 
     Environment variables win over the file. ``path`` of ``None`` falls back to ``GATEWAY_CONFIG``.
-    Raises :class:`ConfigError` naming every problem found.
+    Raises :class:`ConfigError` naming every problem found, or only the file's when it cannot be
+    read or parsed.
     """
     problems: list[str] = []
-    document = read_document(path, environ, problems)
+    try:
+        document = load_document(path, environ, problems)
+    except UnusableFile as exc:
+        # Alone: every setting the file holds would be judged missing, and reported so, wrongly.
+        raise ConfigError([str(exc)]) from None
     values: dict[str, dict[str, object]] = {section: {} for section in SECTIONS}
     for setting in SETTINGS:
         winner = BY_KEY[setting.section, setting.yields_to] if setting.yields_to else None

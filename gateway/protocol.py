@@ -11,11 +11,11 @@ The line limit aiohttp applies is set one above both the URL and the header limi
 limit a ``LineTooLong`` hit tells a request line (414) from a header field (431). URLs between the
 gateway's limit and that one are refused by the app itself (414 too).
 
-The request line and header fields together may not exceed ``server.max_header_section``:
-counted as they arrive (aiohttp alone would hold any number of fields below its per-field limit
-while a client dribbles them in, about 1.5 MB a connection at the default limits), and measured
-exactly once a request is parsed from a read that could hold more. Beyond it: 431, and nothing
-more is read from that connection.
+The request line and header fields together may not exceed ``server.max_header_section``: each
+parsed request is measured (its fields as ``Name: value`` lines), and a head still arriving is
+counted as it comes, since aiohttp alone would hold any number of fields below its per-field limit
+while a client dribbles them in (about 1.5 MB a connection at the default limits). Beyond it:
+431, and nothing more is read from that connection.
 
 A framing error inside a body that is being received (a bad chunk size arriving after the headers)
 fails that body at once, so its request gets 400 rather than stalling into a 408. A request that
@@ -76,8 +76,8 @@ class HeadTooLarge(BadHttpMessage):
 
 
 def head_size(message: RawRequestMessage) -> int:
-    """The bytes of a request's line and header fields, each field counted as ``name: value``
-    and the line ending (how far a field's own spacing differs from that is not seen)."""
+    """The bytes of a request's line and header fields, each field counted as ``Name: value``
+    and its line end, as clients write them (a field's own spacing is not kept by the parser)."""
     line = len(message.method) + len(message.path) + 12  # two spaces, HTTP/1.x, CRLF
     fields = sum(len(name) + len(value) + 4 for name, value in message.raw_headers)
     return line + fields + 2
@@ -104,7 +104,7 @@ def refusal(exc: BaseException | None, status: int, server: ServerConfig) -> Gat
 class _Protocol(RequestHandler):
     """A connection whose parse errors are answered in the gateway's format."""
 
-    __slots__ = ("_body", "_gateway", "_head", "_max_head", "_refused")
+    __slots__ = ("_body", "_checked", "_gateway", "_head", "_max_head", "_refused")
 
     def __init__(self, manager: web.Server, gateway: Gateway, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -112,29 +112,38 @@ class _Protocol(RequestHandler):
         self._max_head = gateway.config.server.max_header_section
         self._head = 0  # bytes of a head still arriving, as far as they have been counted
         self._body: StreamReader | None = None  # of the last request parsed
+        self._checked = 0  # requests parsed and checked (aiohttp's _request_count counts them)
         self._refused = False  # a head too large: nothing more is read
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
-        body = self._body
-        head = self._head + len(data) if body is None or body.is_eof() else 0
-        queued = len(self._messages)
+        # Asked before the bytes are parsed: they may end the body, and are part of it then.
+        in_head = self._body is None or self._body.is_eof()
+        parsed = self._request_count
         super().data_received(data)
-        if len(self._messages) == queued:  # a head (or a body) still arriving
-            self._head = head
-            if head > self._max_head:
-                self._refuse_head()
+        self._check_parsed()
+        if self._refused or self._request_count > parsed:
             return
-        self._head = 0
-        for index in range(queued, len(self._messages)):
+        if in_head:
+            self._head += len(data)
+            if self._head > self._max_head:
+                self._refuse_head()
+
+    def _check_parsed(self) -> None:
+        """Check the requests aiohttp parsed since the last call: their heads' size, parse
+        errors, offers to upgrade."""
+        new = self._request_count - self._checked
+        if not new:
+            return
+        self._checked, self._head = self._request_count, 0
+        for index in range(len(self._messages) - new, len(self._messages)):
             message, payload = self._messages[index]
             self._body = payload
             if isinstance(message, _ErrInfo):
                 # aiohttp queues a parse error as the last message, leaving the body it broke open.
                 self._fail_unfinished_bodies()
-            elif head > self._max_head and head_size(message) > self._max_head:
-                # Measured only when the bytes that arrived could hold too large a head.
+            elif head_size(message) > self._max_head:
                 while len(self._messages) > index:
                     self._messages.pop()
                 self._refuse_head()
@@ -155,6 +164,16 @@ class _Protocol(RequestHandler):
             self._waiter.set_result(None)
 
     async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        try:
+            return await self._finish_response(request, resp, start_time)
+        finally:
+            # aiohttp parses what followed a declined WebSocket offer in there, not through
+            # data_received.
+            self._check_parsed()
+
+    async def _finish_response(
         self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
     ) -> tuple[web.StreamResponse, bool]:
         if resp.prepared and resp.keep_alive and not self._close:

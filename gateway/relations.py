@@ -103,8 +103,19 @@ def warnings(values: Mapping[str, Mapping[str, object]]) -> Iterator[str]:
             yield f"{BY_KEY[section, key].name}: {warning}"
     url = webapp["url"]
     if isinstance(url, URL) and url.scheme == "https" and webapp["tls_verify"] is False:
-        yield (
-            f"{BY_KEY['webapp', 'tls_verify'].name}: is false, so the Webapp's certificate is "
-            "not checked and whoever can intercept the connection gets the password; "
-            "set WA_CA_FILE to the Webapp's CA instead"
+        yield f"{BY_KEY['webapp', 'tls_verify'].name}: {_unverified(webapp['ca_file'])}"
+
+
+def _unverified(ca_file: object) -> str:
+    """The warning for an https Webapp whose certificate is not checked, with the fix that fits:
+    a CA file already given is not used while verification is off."""
+    if ca_file is None:
+        return (
+            "is false, so the Webapp's certificate is not checked and whoever can intercept the "
+            "connection gets the password; set WA_CA_FILE to the Webapp's CA instead"
         )
+    return (
+        "is false, so the Webapp's certificate is not checked and WA_CA_FILE is not used: "
+        "whoever can intercept the connection gets the password; set WA_TLS_VERIFY to true "
+        "to check the certificate against WA_CA_FILE"
+    )

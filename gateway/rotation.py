@@ -79,7 +79,10 @@ async def _log_in(
         except BadCredentials:
             pass  # not taken, or not yet: the old password decides below
         else:
-            committed = await _commit(file, pending, "password.recovered")
+            committed = await _commit(file, pending)
+            if committed:
+                # Unlike a rotation, worth a look: one was interrupted (see the module).
+                log.warning("password.recovered", password_file=str(file.path))
             if not (rotate and committed):  # a rotation on top waits until this one is kept
                 return grant
             current, pending = pending, None
@@ -116,7 +119,8 @@ async def _rotate(file: PasswordFile, post: PostLogin, current: Secret) -> Grant
         # It may act yet: its settling time starts now, not when the password was written.
         await on_disk(file.touch_next)
         raise
-    await _commit(file, password, "password.rotated")
+    if await _commit(file, password):
+        log.info("password.rotated", password_file=str(file.path))
     return grant
 
 
@@ -132,7 +136,7 @@ async def _settled(file: PasswordFile, refused: Secret | None) -> None:
         )
 
 
-async def _commit(file: PasswordFile, password: Secret, event: str) -> bool:
+async def _commit(file: PasswordFile, password: Secret) -> bool:
     """Rename the accepted new password over the file; False (logged) if that failed, in
     which case it stays in ``<file>.next``, where every login tries it first."""
     problem = None
@@ -143,7 +147,6 @@ async def _commit(file: PasswordFile, password: Secret, event: str) -> bool:
     if problem is not None:
         log.error("password.commit_failed", password_file=str(file.path), problem=problem)
         return False
-    log.warning(event, password_file=str(file.path))
     return True
 
 

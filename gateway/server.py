@@ -1,10 +1,12 @@
 """Running the app on a socket until SIGTERM or SIGINT, then shutting down in order.
 
-The socket speaks TLS when the configuration names a certificate and key (``server.tls_*``); the
-configuration's warnings are logged once at the start, as ``config.warning`` events. The listener
-holds at most ``server.max_connections`` client connections, the soft descriptor limit is raised
-to fit them (``server.descriptors_low`` when it cannot be), and asyncio's failed accepts are
-logged at most every few seconds (see :mod:`gateway.connections`).
+The socket is bound before the app starts up (and logs in), so that a port that is taken stops
+the gateway before the Webapp hears from it; it accepts connections once the app is up. It speaks
+TLS when the configuration names a certificate and key (``server.tls_*``); the configuration's
+warnings are logged once at the start, as ``config.warning`` events. The listener holds at most
+``server.max_connections`` client connections, the soft descriptor limit is raised to fit them
+(``server.descriptors_low`` when it cannot be), and asyncio's failed accepts are logged at most
+every few seconds (see :mod:`gateway.connections`).
 
 Shutdown: readiness turns 503 at once; the listener stays open for ``shutdown_drain`` seconds so
 that load balancers notice; then it closes, requests in flight get up to ``shutdown_grace``
@@ -23,7 +25,8 @@ import contextlib
 import signal
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import cast
 
 import structlog
 from aiohttp import web
@@ -84,9 +87,12 @@ async def serve(
     loop.set_exception_handler(AcceptErrors(exception_handler, connections))
     try:
         runner = GatewayRunner(app, access_log=None, shutdown_timeout=_CUT_WAIT)
-        await runner.setup()
+        # Before the app starts up, which logs in: a port that is taken stops the gateway
+        # before the Webapp hears from it.
+        listener = await _bind(runner, server, tls, connections)
         try:
-            url = await _listen(runner, server, tls, connections)
+            await runner.setup()
+            url = await _listen(runner, listener, server.listen, tls)
             log.info("gateway.started", url=url, webapp=str(config.webapp.url))
             if on_started is not None:
                 on_started(url)
@@ -98,6 +104,7 @@ async def serve(
             await asyncio.sleep(server.shutdown_drain)
         finally:
             await _close_listener(runner)
+            listener.close()  # closed with its site already, unless the app did not start
             cut = await _finish_in_flight(app[GATEWAY].in_flight, server.shutdown_grace)
             if cut:
                 log.warning("gateway.requests_cut", count=cut, grace_s=server.shutdown_grace)
@@ -124,71 +131,91 @@ def _check_descriptors(server: ServerConfig) -> None:
         )
 
 
-class _Site(web.TCPSite):
-    """A TCPSite whose connections pass through a :class:`ConnectionLimit`, and whose TLS
-    handshakes (with ``tls``) must end within ``GATEWAY_CLIENT_IDLE_TIMEOUT``.
-
-    aiohttp hands its server to ``create_server`` itself, so counting connections needs this
-    ``start``. And asyncio gives a handshake 60 s, with no way in aiohttp to change that: a client
-    that opens connections and never finishes its hello would hold each for a minute, long past
-    the idle timeout that the same client gets once it speaks HTTP. This is ``TCPSite.start`` with
-    those two changes (aiohttp is pinned to a minor version, so its attributes cannot move).
-    """
-
-    def __init__(
-        self,
-        runner: web.AppRunner,
-        address: Address,
-        connections: ConnectionLimit,
-        tls: ssl.SSLContext | None,
-        server: ServerConfig,
-    ) -> None:
-        super().__init__(runner, address.host, address.port, backlog=BACKLOG, ssl_context=tls)
-        self._connections = connections
-        self._handshake_timeout = server.client_idle_timeout
-        self._shutdown_timeout = server.client_send_timeout
-
-    async def start(self) -> None:
-        await web.BaseSite.start(self)  # registers the site with its runner
-        server = self._runner.server
-        if server is None:
-            raise RuntimeError("the runner was not set up")
-        tls = self._ssl_context
-        self._server = await asyncio.get_running_loop().create_server(
-            self._connections.factory(server),
-            self._host,
-            self._port,
-            ssl=tls,
-            backlog=self._backlog,
-            # asyncio refuses these for a plain socket. A closing TLS connection first sends
-            # what it holds (the end of an answer, to a client that may read slowly) and waits
-            # for the client's close_notify: a send, so the send timeout, not asyncio's 30 s.
-            ssl_handshake_timeout=None if tls is None else self._handshake_timeout,
-            ssl_shutdown_timeout=None if tls is None else self._shutdown_timeout,
-        )
-        self._bound_port = self._server.sockets[0].getsockname()[1]
-
-
-async def _listen(
+async def _bind(
     runner: web.AppRunner,
     server: ServerConfig,
     tls: ssl.SSLContext | None,
     connections: ConnectionLimit,
-) -> str:
-    """Open the listening socket (with TLS if ``tls`` is given); return the URL it answers on."""
-    address = server.listen
-    site = _Site(runner, address, connections, tls, server)
+) -> asyncio.Server:
+    """Bind the listening socket(s) of ``server.listen`` for ``runner``'s connections, counted by
+    ``connections``; :class:`_Site` starts accepting them once the runner is set up.
+
+    Raises :class:`~gateway.config.ConfigError` for a host name that does not resolve, and
+    :class:`ListenError` when the address cannot be bound.
+    """
+
+    def serve_connection() -> asyncio.Protocol:
+        # Only accepted connections call this, so the runner is set up and has its server.
+        return cast(web.Server, runner.server)()
+
+    with _listen_errors(server.listen):
+        return await asyncio.get_running_loop().create_server(
+            connections.factory(serve_connection),
+            server.listen.host,
+            server.listen.port,
+            ssl=tls,
+            backlog=BACKLOG,
+            start_serving=False,
+            # asyncio gives a TLS handshake 60 s, with no way in aiohttp to change that: a client
+            # that opens connections and never finishes its hello would hold each for a minute,
+            # long past the idle timeout it gets once it speaks HTTP. A closing TLS connection
+            # first sends what it holds (the end of an answer, to a client that may read slowly)
+            # and waits for the client's close_notify: a send, so the send timeout, not
+            # asyncio's 30 s. (asyncio refuses both for a plain socket.)
+            ssl_handshake_timeout=None if tls is None else server.client_idle_timeout,
+            ssl_shutdown_timeout=None if tls is None else server.client_send_timeout,
+        )
+
+
+@contextlib.contextmanager
+def _listen_errors(address: Address) -> Iterator[None]:
+    """Translate the errors of binding and listening on ``address`` for the command line."""
     try:
-        await site.start()
+        yield
     except socket.gaierror as exc:  # a name no resolver knows: the configuration's fault
         raise ConfigError(
             [f"GATEWAY_LISTEN (server.listen): cannot resolve {address.host}: {exc.strerror}"]
         ) from None
     except OSError as exc:  # the port is taken, say: the machine's state, not the configuration
         raise ListenError(f"cannot listen on {address}: {exc.strerror}") from None
-    host, port = runner.addresses[0][:2]
-    scheme = "http" if tls is None else "https"
-    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+class _Site(web.BaseSite):
+    """The runner's site on a listener that :func:`_bind` opened.
+
+    aiohttp's TCPSite binds in ``start``, which needs the runner set up, and so comes after the
+    app's startup (its first login); this one only starts serving sockets bound before that.
+    """
+
+    def __init__(
+        self, runner: web.AppRunner, listener: asyncio.Server, tls: ssl.SSLContext | None
+    ) -> None:
+        super().__init__(runner, ssl_context=tls)
+        self._listener = self._server = listener  # BaseSite.stop() closes _server
+
+    @property
+    def name(self) -> str:
+        """The URL of the (first) address it listens on."""
+        host, port = self._listener.sockets[0].getsockname()[:2]
+        scheme = "http" if self._ssl_context is None else "https"
+        return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+    async def start(self) -> None:
+        """Register with the runner, and accept connections from now on."""
+        await super().start()
+        await self._listener.start_serving()
+
+
+async def _listen(
+    runner: web.AppRunner, listener: asyncio.Server, address: Address, tls: ssl.SSLContext | None
+) -> str:
+    """Accept connections on ``listener`` (bound to ``address``); return the URL it answers on."""
+    site = _Site(runner, listener, tls)
+    # A socket that another process bound to the port as well (both with SO_REUSEADDR) may have
+    # started listening since: then listen() fails.
+    with _listen_errors(address):
+        await site.start()
+    return site.name
 
 
 async def _close_listener(runner: web.AppRunner) -> None:

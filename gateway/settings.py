@@ -1,9 +1,11 @@
 """The table of settings, and where each one's raw value is found: the TOML file or the environment.
 
 Every setting has a key in a section of the file, an environment variable (which wins), a parser
-from :mod:`gateway.values` or :mod:`gateway.files`, and a default. :func:`read_document` reads the
-file into its sections, listing each unknown section or key as a problem, and :func:`raw_value`
-picks a setting's raw value from the environment and the document.
+from :mod:`gateway.values` or :mod:`gateway.files`, and a default. :func:`load_document` reads the
+file into its sections, listing each unknown section or key as a problem, and raising
+:class:`UnusableFile` for a file that cannot be read or parsed at all (:func:`read_document` lists
+that as a problem too); :func:`raw_value` picks a setting's raw value from the environment and the
+document.
 """
 
 from __future__ import annotations
@@ -122,11 +124,15 @@ def raw_value(setting: Setting[object], environ: Mapping[str, str], document: Do
     return environ.get(setting.env) or document.get(setting.section, {}).get(setting.key)
 
 
-def read_document(
+class UnusableFile(Exception):
+    """The configuration file cannot be read or parsed; the message is the one line to report."""
+
+
+def load_document(
     path: str | Path | None, environ: Mapping[str, str], problems: list[str]
 ) -> Document:
-    """The TOML file at ``path`` (or ``GATEWAY_CONFIG``) by section; what is wrong with it is
-    added to ``problems``."""
+    """The TOML file at ``path`` (or ``GATEWAY_CONFIG``) by section; its unknown sections and keys
+    are added to ``problems``. Raises :class:`UnusableFile` when it cannot be read or parsed."""
     if path is not None:
         label = f"config file {path}"
     elif environ.get(CONFIG_ENV):
@@ -138,16 +144,25 @@ def read_document(
         with Path(path).open("rb") as file:
             document = tomllib.load(file)
     except OSError as exc:
-        problems.append(f"{label}: cannot be read ({reason(exc)})")
-        return {}
+        raise UnusableFile(f"{label}: cannot be read ({reason(exc)})") from None
     except UnicodeDecodeError:
-        problems.append(f"{label}: is not UTF-8 text")
-        return {}
+        raise UnusableFile(f"{label}: is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         # tomllib's messages name a position and at most one character, never a value.
-        problems.append(f"{label}: is not valid TOML ({exc})")
-        return {}
+        raise UnusableFile(f"{label}: is not valid TOML ({exc})") from None
     return _sections(document, label, problems)
+
+
+def read_document(
+    path: str | Path | None, environ: Mapping[str, str], problems: list[str]
+) -> Document:
+    """As :func:`load_document`, with a file that cannot be read or parsed added to ``problems``
+    too (and no settings from it)."""
+    try:
+        return load_document(path, environ, problems)
+    except UnusableFile as exc:
+        problems.append(str(exc))
+        return {}
 
 
 def _sections(document: Mapping[str, object], label: str, problems: list[str]) -> Document:

@@ -19,9 +19,9 @@ import trustme
 from pytest_aiohttp import AiohttpServer
 
 from gateway import __version__
-from gateway.healthcheck import health_url
+from gateway.healthcheck import ListenerUnknown, health_url
 
-from .processes import child_env, serve_gateway, start_simulator
+from .processes import child_env, gateway_env, serve_gateway, start_simulator
 
 REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "Cli-Webapp-pass-1!"
@@ -309,6 +309,16 @@ def test_bad_file_exits_2_with_one_line_naming_the_problem(
     assert_config_errors(result, name)
 
 
+@pytest.mark.parametrize("command", ["serve", "check-config", "rotate-password"])
+def test_a_config_file_that_cannot_be_read_is_the_one_line_reported(
+    tmp_path: Path, command: str
+) -> None:
+    """Not also the required settings it would have held."""
+    missing = tmp_path / "nonexistent.toml"
+    result = gateway(command, "--config", str(missing), env={}, cwd=tmp_path)
+    assert_config_errors(result, f"config file {missing}: cannot be read")
+
+
 def test_serve_with_bad_configuration_exits_2_before_starting(tmp_path: Path) -> None:
     result = gateway("serve", env={**BASE, "GATEWAY_LISTEN": "nowhere"}, cwd=tmp_path)
     assert_config_errors(result, "GATEWAY_LISTEN")
@@ -338,6 +348,33 @@ def test_serve_on_a_busy_port_says_so_in_one_line(tmp_path: Path, busy_port: int
     assert line.startswith(f"wa-gateway: cannot listen on 127.0.0.1:{busy_port}: ")
     assert "address already in use" in line.lower()
     assert_no_leak(result)
+
+
+async def test_serve_on_a_busy_port_exits_before_it_logs_in(
+    aiohttp_server: AiohttpServer, tmp_path: Path, busy_port: int
+) -> None:
+    """The socket is bound before the app starts up: the Webapp never hears from a gateway that
+    cannot listen, which says so in the same one line, with the same exit status."""
+    sim, webapp_url = await start_simulator(aiohttp_server)
+    env = {"PYTHONPATH": str(REPO), **gateway_env(webapp_url, busy_port)}
+    # A subprocess the event loop waits for: the simulator must stay able to answer a login.
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        env=child_env(env),
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(TIMEOUT):
+        out, err = await process.communicate()
+    [line] = err.decode().splitlines()
+    assert process.returncode == 1
+    assert line.startswith(f"wa-gateway: cannot listen on 127.0.0.1:{busy_port}: ")
+    assert sim.login_attempts == 0
+    assert "token.login" not in out.decode()
 
 
 # --- the command line itself ----------------------------------------------------------------------
@@ -387,6 +424,14 @@ def test_healthcheck_reads_the_listen_address_and_tls_from_the_configuration(
     # So is a key the file gained (or mistyped) since the gateway started.
     config.write_text('[server]\nlisten = "0.0.0.0:8443"\n[tokens]\nrefresh_jiter = 0.05\n')
     assert health_url(config, {}) == "http://127.0.0.1:8443/_gateway/healthz"
+
+
+def test_healthcheck_cannot_tell_where_the_gateway_listens_without_its_config_file(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "nonexistent.toml"
+    with pytest.raises(ListenerUnknown, match=f"^config file {missing}: cannot be read"):
+        health_url(missing, {})
 
 
 def test_healthcheck_exits_1_when_it_cannot_tell_where_the_gateway_listens(tmp_path: Path) -> None:

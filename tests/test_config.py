@@ -650,6 +650,17 @@ def test_tls_verify_off_for_an_https_webapp_gives_a_warning() -> None:
     )
 
 
+def test_tls_verify_off_with_a_ca_file_warns_that_the_ca_file_is_not_used(tmp_path: Path) -> None:
+    """Not the advice to set WA_CA_FILE, which is set: to turn verification back on."""
+    ca_file = write(tmp_path / "ca.pem", CA_PEM)
+    [warning] = load(WA_TLS_VERIFY="false", WA_CA_FILE=str(ca_file)).warnings
+    assert warning == (
+        "WA_TLS_VERIFY (webapp.tls_verify): is false, so the Webapp's certificate is not "
+        "checked and WA_CA_FILE is not used: whoever can intercept the connection gets the "
+        "password; set WA_TLS_VERIFY to true to check the certificate against WA_CA_FILE"
+    )
+
+
 @pytest.mark.parametrize(
     "env",
     [{"WA_TLS_VERIFY": "true"}, {"WA_TLS_VERIFY": "false", "WA_WEBAPP_URL": "http://webapp:80"}],
@@ -966,6 +977,27 @@ def test_missing_file_named_by_gateway_config_names_the_variable(tmp_path: Path)
 
 def test_unreadable_file_is_reported(unreadable: Path) -> None:
     assert problems(unreadable)[0].startswith(f"config file {unreadable}: cannot be read (")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "complaint"),
+    [
+        ("absent.toml", None, "cannot be read (No such file or directory)"),
+        ("latin1.toml", b'[webapp]\nusername = "caf\xe9"\n', "is not UTF-8 text"),
+        ("broken.toml", b"[webapp\n", "is not valid TOML ("),
+    ],
+    ids=["missing", "not-utf8", "invalid-toml"],
+)
+def test_a_file_that_cannot_be_used_is_the_only_problem_reported(
+    tmp_path: Path, name: str, content: bytes | None, complaint: str
+) -> None:
+    """The settings it may hold are unknown, so neither a required one it lacks nor a bad one in
+    the environment is reported next to it: only the file."""
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    [line] = problems(path, base={}, GATEWAY_LOG_LEVEL="loud")
+    assert line.startswith(f"config file {path}: {complaint}")
 
 
 # --- the table and the dataclasses ----------------------------------------------------------------

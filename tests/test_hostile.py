@@ -972,6 +972,83 @@ async def test_a_pipelined_request_is_processed_only_if_its_framing_is_sound(
     await assert_healthy(rig, logs)
 
 
+# Five fields within GATEWAY_MAX_HEADER, 20 KB together: beyond the 16 KiB of LIMITS.
+BIG_FIELDS = tuple(b"X-Big-%d: " % i + b"a" * 4000 for i in range(5))
+
+
+@pytest.mark.parametrize(
+    ("parts", "first_status"),
+    [
+        ((http(POST, b"Content-Length: 1"), b"x" + http(GET, *BIG_FIELDS)), 201),
+        ((http(GET) + http(GET, *BIG_FIELDS)[:-5000], http(GET, *BIG_FIELDS)[-5000:]), 200),
+    ],
+    ids=["behind-the-end-of-a-body", "behind-a-request-across-two-reads"],
+)
+async def test_a_head_beyond_the_section_limit_is_refused_however_its_bytes_arrive(
+    make_rig: MakeRig, logs: Logs, parts: tuple[bytes, ...], first_status: int
+) -> None:
+    """Bytes counted as they arrive miss the start of a head that shares a read with the end
+    of the request before it; each parsed request is measured as well."""
+    rig = await make_rig(env=LIMITS)
+    async with Connection(rig.client.port) as conn:
+        await send(conn, parts)
+        answers = [await conn.response() for _ in range(2)]
+    assert [answer.status for answer in answers] == [first_status, 431]
+    assert len(forwarded(rig)) == 1
+    await assert_healthy(rig, logs)
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+async def test_bodies_beyond_the_section_limit_are_bodies_not_heads(
+    make_rig: MakeRig, logs: Logs, framing: str
+) -> None:
+    """A 40 KB upload whose last 39 KB arrive in one read, the one that ends the body, then the
+    next request on the same connection: neither is taken for a head beyond
+    GATEWAY_MAX_HEADER_SECTION."""
+    rig = await make_rig(env=LIMITS)
+    body = b"m" * 40000
+    if framing == "length":
+        upload = http(POST, b"Content-Length: 40000", body=body)
+    else:
+        upload = chunked(POST, chunks=b"9c40\r\n" + body + b"\r\n0\r\n\r\n")
+    async with Connection(rig.client.port) as conn:
+        await send(conn, (upload[:-39000], upload[-39000:]))
+        await asyncio.sleep(0.1)
+        await conn.send(http(GET))
+        answers = [await conn.response() for _ in range(2)]
+    assert [answer.status for answer in answers] == [201, 200]
+    assert [(seen.method, seen.body_size) for seen in forwarded(rig)] == [
+        ("POST", 40000),
+        ("GET", 0),
+    ]
+    await assert_healthy(rig, logs)
+
+
+async def test_a_body_pipelined_behind_a_declined_websocket_offer_is_not_counted_as_a_head(
+    make_rig: MakeRig, logs: Logs
+) -> None:
+    """aiohttp parses what follows a declined WebSocket offer after answering it, and not where
+    the gateway counts heads: a 40 KB body arriving then must still be taken for a body."""
+    rig = await make_rig(env=LIMITS)
+    body = b"m" * 40000
+    async with Connection(rig.client.port) as conn:
+        await conn.send(
+            http(GET, b"Connection: Upgrade", b"Upgrade: websocket")
+            + http(POST, b"Content-Length: 40000", body=body[:1000])
+        )
+        await asyncio.sleep(0.3)  # the GET is answered, and the POST parsed, meanwhile
+        for start in range(1000, len(body), 4000):
+            await conn.send(body[start : start + 4000])
+            await asyncio.sleep(0.02)  # a read for each piece
+        answers = [await conn.response() for _ in range(2)]
+    assert [answer.status for answer in answers] == [200, 201]
+    assert [(seen.method, seen.body_size) for seen in forwarded(rig)] == [
+        ("GET", 0),
+        ("POST", 40000),
+    ]
+    await assert_healthy(rig, logs)
+
+
 async def test_100_continue_is_sent_only_when_the_body_is_wanted(
     make_rig: MakeRig, logs: Logs
 ) -> None:

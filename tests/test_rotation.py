@@ -550,6 +550,7 @@ async def test_a_rotation_whose_password_could_not_replace_the_file_is_not_count
     assert metrics.rotations.labels("not_kept")._value.get() == 1
     assert metrics.rotations.labels("ok")._value.get() == 0
     assert logs.named("password.rotation_failed")[0]["kind"] == "not_kept"
+    assert logs.named("password.rotation_failed")[0]["level"] == "warning"
 
 
 # --- the setting ----------------------------------------------------------------------------------
@@ -668,6 +669,15 @@ async def test_a_new_webapp_that_requires_a_change_gets_one_from_the_gateway(
     assert rig.sim.login_attempts == 2  # refused with code 1024, then the rotating login
     assert rig.logs.named("password.rotated")
     assert_no_password_leaked(rig, OLD, new)
+
+
+async def test_a_rotation_that_worked_is_logged_at_info(
+    make_rig: MakeRig, password_path: Path
+) -> None:
+    """A success, not something to look into (its failures are warnings)."""
+    rig = await rotating_rig(make_rig, password_path, password_change_required=True)
+    assert await send_messages(rig, 1) == [201]
+    assert [e["level"] for e in rig.logs.named("password.rotated")] == ["info"]
 
 
 async def test_without_rotation_a_required_change_says_how_to_make_one(
@@ -932,6 +942,22 @@ async def test_rotate_password_reports_a_refusal_and_changes_nothing(
     assert sim.password == "Changed-elsewhere-5%"
 
 
+async def test_rotate_password_that_cannot_go_ahead_says_to_run_it_again_once_resolved(
+    webapp: tuple[Simulator, str], env_for: dict[str, str], password_path: Path, tmp_path: Path
+) -> None:
+    """A ``<file>.next`` without a password stops the rotation; the advice is this command's,
+    not the serving gateway's ("see the gateway's log")."""
+    sim, url = webapp
+    PasswordFile(password_path).next_path.write_text("")
+    status, out, err = await rotate_password({**env_for, "WA_WEBAPP_URL": url}, tmp_path)
+    assert status == 1
+    assert out == ""
+    [verdict] = [line for line in err.splitlines() if line.startswith("wa-gateway: ")]
+    assert verdict.startswith("wa-gateway: rotation failed (error): ")
+    assert verdict.endswith("This command does not retry; run it again once that is resolved.")
+    assert sim.password == OLD
+
+
 async def test_rotate_password_reports_a_new_password_it_could_not_rename_into_place(
     aiohttp_server: AiohttpServer, env_for: dict[str, str], password_path: Path, tmp_path: Path
 ) -> None:
@@ -995,7 +1021,13 @@ async def test_an_unreachable_webapp_fails_the_rotation_cleanly(
         {**env_for, "WA_WEBAPP_URL": "http://127.0.0.1:9"}, tmp_path
     )
     assert status == 1
-    assert "rotation failed (webapp_unavailable)" in err
+    [verdict] = [line for line in err.splitlines() if line.startswith("wa-gateway: ")]
+    assert verdict.startswith("wa-gateway: rotation failed (webapp_unavailable): ")
+    # It runs once: the serving gateway's "keeps retrying" would be untrue here.
+    assert "keeps retrying" not in err
+    assert verdict.endswith(
+        "This command does not retry; check that the Webapp is up and reachable, then run it again."
+    )
     assert stored(password_path) == OLD
     # Nothing reached the Webapp, but the gateway cannot know that: the new password waits.
     assert PasswordFile(password_path).next_path.exists()

@@ -7,6 +7,7 @@ import base64
 import collections
 import hashlib
 import io
+import json
 import logging
 import re
 import tempfile
@@ -410,6 +411,7 @@ async def test_apikey_is_accepted_on_four_endpoints_only(sim: Simulator, client:
     key = {"Authorization": "Apikey " + "k" * 20}
     for path in ["/v1/health", "/metrics", "/v1/stats/app", "/v1/stats/db"]:
         assert (await client.get(path, headers=key)).status == 200, path
+        assert (await client.head(path, headers=key)).status == 200, path  # what GET gets
     for method, path in [
         ("POST", "/v1/messages"),
         ("GET", "/v1/settings/application"),
@@ -421,6 +423,29 @@ async def test_apikey_is_accepted_on_four_endpoints_only(sim: Simulator, client:
     wrong = await client.get("/v1/health", headers={"Authorization": "Apikey " + "x" * 20})
     assert wrong.status == 401
     assert "k" * 20 not in await wrong.text()
+
+
+@pytest.mark.parametrize(
+    ("call", "authorization"),
+    [
+        ("POST /v1/users/login", "Basic \xff"),
+        ("POST /v1/users/login", "Basic \xc3\xa9\xc3\xa9"),
+        ("GET /v1/health", "Apikey \xff"),
+        ("GET /v1/messages", "Bearer \xff"),
+    ],
+    ids=["basic-not-base64", "basic-not-ascii", "apikey-not-utf8", "bearer-not-utf8"],
+)
+async def test_credentials_in_bytes_beyond_ascii_get_401_not_a_crash(
+    sim: Simulator, client: Client, call: str, authorization: str
+) -> None:
+    assert client.port is not None
+    request_line = call + " HTTP/1.1"
+    response = await rawhttp.request(
+        "127.0.0.1", client.port, request_line, f"Authorization: {authorization}"
+    )
+    assert response.status == 401
+    assert json.loads(response.body)["errors"][0]["code"] == 1005
+    assert [seen.status for seen in sim.seen] == [401]
 
 
 async def test_apikey_is_refused_when_none_is_set(aiohttp_client: AiohttpClient) -> None:
@@ -1055,6 +1080,8 @@ def test_unknown_fault_kinds_are_refused() -> None:
         LoginFault("nope")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="fault kind"):
         Fault("nope")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at least 1"):
+        Fault("status", times=0)  # it would fire once all the same
 
 
 # --- request faults ----------------------------------------------------------------------

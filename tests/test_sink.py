@@ -106,13 +106,14 @@ async def test_a_gateway_whose_log_nobody_reads_keeps_answering(
 
             async def check(count: int) -> None:
                 for _ in range(count):  # each would block on the full pipe, were it written here
-                    async with session.get(base + "/_gateway/healthz") as response:
+                    # A refusal's access event is logged at info (a successful probe's at debug).
+                    async with session.get(base + "/not-the-api") as response:
                         statuses.append(response.status)
 
             await asyncio.gather(*(check(REQUESTS // CONCURRENCY) for _ in range(CONCURRENCY)))
             async with session.get(base + "/_gateway/metrics") as response:
                 scraped = Scrape(await response.text(), response.content_type)
-        assert statuses == [200] * (REQUESTS // CONCURRENCY * CONCURRENCY)
+        assert statuses == [404] * (REQUESTS // CONCURRENCY * CONCURRENCY)
         assert scraped("wa_gateway_log_lines_dropped_total") > 0
         # Once somebody reads, the lines come, and a notice of what was lost.
         async with asyncio.timeout(20):

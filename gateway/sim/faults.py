@@ -85,6 +85,8 @@ class Fault:
     def __post_init__(self) -> None:
         if self.kind not in get_args(FaultKind):
             raise ValueError(f"unknown fault kind {self.kind!r}")
+        if self.times is not None and self.times < 1:
+            raise ValueError("times must be at least 1 (None: forever)")
 
     def matches(self, method: str, path: str) -> bool:
         """Tell whether this fault applies to a request."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import contextlib
 import hmac
 import math
@@ -162,7 +161,7 @@ class Logins:
             raise access_denied("Basic credentials are required")
         try:
             decoded = base64.b64decode(credential, validate=True).decode(self._sim.basic_charset)
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # not base64 (binascii.Error), not ASCII, not in the charset
             raise access_denied("Malformed Basic credentials") from None
         name, colon, password = decoded.partition(":")
         expected = self._sim.users.get(name)

@@ -54,9 +54,13 @@ def authenticate(sim: Simulator, request: web.Request, exchange: Exchange) -> No
         exchange.user, exchange.token = record.username, credential
         return
     if scheme == "apikey" and credential is not None and sim.api_key is not None:
-        if (request.method, request.path) not in _APIKEY_ENDPOINTS:
+        method = "GET" if request.method == "HEAD" else request.method  # the GET's headers
+        if (method, request.path) not in _APIKEY_ENDPOINTS:
             raise access_denied("The API key is not accepted on this endpoint")
-        if not hmac.compare_digest(credential.encode(), sim.api_key.encode()):
+        # aiohttp hands bytes that are not UTF-8 over as surrogates, which encode() refuses.
+        if not hmac.compare_digest(
+            credential.encode(errors="surrogateescape"), sim.api_key.encode()
+        ):
             raise access_denied("Invalid API key")
         return
     raise access_denied("A bearer token is required")
