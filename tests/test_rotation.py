@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import os
@@ -12,6 +13,7 @@ import stat
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from pytest_aiohttp import AiohttpServer
 
+from gateway.attempts import LoginFn
 from gateway.bearer import Account
 from gateway.config import ConfigError, load_config
 from gateway.login import (
@@ -478,20 +481,33 @@ async def test_a_login_cancelled_while_the_lock_file_opens_leaves_no_descriptor(
     assert file.lock_path.exists()
 
 
-async def test_the_schedule_survives_a_rotation_that_crashes(
-    file: PasswordFile, logs: Logs
-) -> None:
+@contextlib.asynccontextmanager
+async def overdue_schedule(
+    file: PasswordFile, login_fn: LoginFn, rotate_fn: LoginFn | None
+) -> AsyncIterator[Metrics]:
+    """A rotation schedule over ``file``, made two hours old so that a rotation is due at once,
+    running until the end of the block; its metrics."""
     past = time.time() - 7200
     os.utime(file.path, (past, past))
     config = load_config(None, {**TEST_ENV, "WA_WEBAPP_URL": "http://127.0.0.1:9"})
     metrics = Metrics()
-    pool = TokenPool(FakeWebapp(OLD).post_account, config.tokens, metrics)  # no rotate_fn: a bug
-    rotator = Rotator(
-        pool, Account("http://127.0.0.1:9", "admin"), file, 3600, config.tokens, metrics
-    )
+    pool = TokenPool(login_fn, config.tokens, metrics, rotate_fn=rotate_fn)
+    account = Account("http://127.0.0.1:9", "admin")
+    rotator = Rotator(pool, account, file, 3600, config.tokens, metrics)
     rotator.start()
-    await until(lambda: len(logs.named("password.rotation_crashed")) >= 2)
-    await rotator.close()
+    try:
+        yield metrics
+    finally:
+        await rotator.close()
+        await pool.close()
+
+
+async def test_the_schedule_survives_a_rotation_that_crashes(
+    file: PasswordFile, logs: Logs
+) -> None:
+    webapp = FakeWebapp(OLD)
+    async with overdue_schedule(file, webapp.post_account, None) as metrics:  # no rotate_fn: a bug
+        await until(lambda: len(logs.named("password.rotation_crashed")) >= 2)
     assert metrics.rotations.labels("error")._value.get() >= 2
 
 
@@ -505,20 +521,10 @@ class FailingDisk(PasswordFile):
 async def test_the_schedule_survives_a_disk_error_after_a_rotation(
     file: PasswordFile, logs: Logs
 ) -> None:
-    failing = FailingDisk(file.path)
-    past = time.time() - 7200
-    os.utime(file.path, (past, past))
-    config = load_config(None, {**TEST_ENV, "WA_WEBAPP_URL": "http://127.0.0.1:9"})
-    metrics = Metrics()
     webapp = FakeWebapp(OLD)
-    pool = TokenPool(webapp.post_account, config.tokens, metrics, rotate_fn=webapp.post_account)
-    rotator = Rotator(
-        pool, Account("http://127.0.0.1:9", "admin"), failing, 3600, config.tokens, metrics
-    )
-    rotator.start()
-    await until(lambda: len(logs.named("password.rotation_crashed")) >= 2)
-    await rotator.close()
-    await pool.close()
+    failing = FailingDisk(file.path)
+    async with overdue_schedule(failing, webapp.post_account, webapp.post_account) as metrics:
+        await until(lambda: len(logs.named("password.rotation_crashed")) >= 2)
     assert metrics.rotations.labels("error")._value.get() >= 2
 
 
@@ -528,23 +534,13 @@ async def test_a_rotation_whose_password_could_not_replace_the_file_is_not_count
     """The Webapp took the new password, but the rename fails every time (EBUSY): the schedule
     counts not_kept and backs off, rather than count ok and never rotate again unnoticed."""
     stuck = StuckFile(file.path)
-    past = time.time() - 7200
-    os.utime(file.path, (past, past))
-    config = load_config(None, {**TEST_ENV, "WA_WEBAPP_URL": "http://127.0.0.1:9"})
-    metrics = Metrics()
     webapp = FakeWebapp(OLD)
 
     async def rotate(_account: Account) -> Grant:
         return await log_in(stuck, webapp.post, rotate=True, rotate_if_required=True, lock_wait=1.0)
 
-    pool = TokenPool(webapp.post_account, config.tokens, metrics, rotate_fn=rotate)
-    rotator = Rotator(
-        pool, Account("http://127.0.0.1:9", "admin"), stuck, 3600, config.tokens, metrics
-    )
-    rotator.start()
-    await until(lambda: logs.named("password.rotation_failed"))
-    await rotator.close()
-    await pool.close()
+    async with overdue_schedule(stuck, webapp.post_account, rotate) as metrics:
+        await until(lambda: logs.named("password.rotation_failed"))
     assert webapp.changes == 1  # rotated once at the Webapp, and no more
     assert stuck.read_next().reveal() == webapp.password  # type: ignore[union-attr]
     assert metrics.rotations.labels("not_kept")._value.get() == 1

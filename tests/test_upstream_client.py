@@ -549,29 +549,42 @@ async def test_a_webapp_that_answers_before_taking_the_whole_upload_still_gets_a
     assert received == [8 << 20]
 
 
-@contextlib.asynccontextmanager
-async def raw_webapp(answer: bytes) -> AsyncIterator[str]:
-    """A Webapp that answers every request with ``answer``, byte for byte; its URL."""
+Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+
+@contextlib.asynccontextmanager
+async def raw_server(serve: Serve) -> AsyncIterator[str]:
+    """A Webapp that speaks raw bytes: ``serve`` has each connection, closed after it (quietly
+    when the gateway hangs up first); its URL."""
+
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            while head := await reader.readuntil(b"\r\n\r\n"):
-                lengths = [
-                    int(line.partition(b":")[2])
-                    for line in head.lower().split(b"\r\n")
-                    if line.startswith(b"content-length:")
-                ]
-                await reader.readexactly(sum(lengths))
-                writer.write(answer)
-                await writer.drain()
+            await serve(reader, writer)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
             writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    server = await asyncio.start_server(connection, "127.0.0.1", 0)
     async with server:
         yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+def raw_webapp(answer: bytes) -> contextlib.AbstractAsyncContextManager[str]:
+    """A Webapp that answers every request with ``answer``, byte for byte; its URL."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while head := await reader.readuntil(b"\r\n\r\n"):
+            lengths = [
+                int(line.partition(b":")[2])
+                for line in head.lower().split(b"\r\n")
+                if line.startswith(b"content-length:")
+            ]
+            await reader.readexactly(sum(lengths))
+            writer.write(answer)
+            await writer.drain()
+
+    return raw_server(serve)
 
 
 @pytest.mark.parametrize(
@@ -650,35 +663,25 @@ async def test_bytes_a_pooled_connection_got_while_idle_never_answer_the_next_re
     """A Webapp that sends more after a complete answer (a body after its 204): aiohttp would
     read that as the answer to the next request on the connection, another client's, and every
     answer after it would be one behind. The gateway opens a new connection instead."""
-    connections = 0
     stray_sent = asyncio.Event()
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections
-        connections += 1
-        try:
-            while head := await reader.readuntil(b"\r\n\r\n"):
-                if not head.startswith(b"GET /v1/health "):  # the pool's login
-                    await reader.readexactly(int(head.lower().split(b"content-length:")[1]))
-                    writer.write(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
-                    continue
-                if stray_sent.is_set():
-                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nmine")
-                    continue
-                writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
-                await writer.drain()
-                await asyncio.sleep(0.1)  # the gateway has put the connection back by then
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray")
-                await writer.drain()
-                stray_sent.set()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+        while head := await reader.readuntil(b"\r\n\r\n"):
+            if not head.startswith(b"GET /v1/health "):  # the pool's login
+                await reader.readexactly(int(head.lower().split(b"content-length:")[1]))
+                writer.write(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
+                continue
+            if stray_sent.is_set():
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nmine")
+                continue
+            writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.1)  # the gateway has put the connection back by then
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray")
+            await writer.drain()
+            stray_sent.set()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    async with server:
-        webapp_url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    async with raw_server(serve) as webapp_url:
         client = await aiohttp_client(GatewayTestServer(create_app(gateway_config(webapp_url))))
         async with client.get("/v1/health") as first:  # the API key: no login needed
             assert first.status == 204
