@@ -141,5 +141,5 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         configure_logging(config.server.log_level, sys.stderr)
         return asyncio.run(_rotate_password(config))
     configure_logging(config.server.log_level)
-    asyncio.run(serve(create_app(config), config))
+    asyncio.run(serve(create_app(config), config, then_exit=True))
     return 0

@@ -59,6 +59,6 @@ async def run_demo(environ: Mapping[str, str]) -> None:
                 flush=True,
             )
 
-        await serve(create_app(config), config, on_started=banner)
+        await serve(create_app(config), config, on_started=banner, then_exit=True)
     finally:
         await runner.cleanup()

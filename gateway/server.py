@@ -14,19 +14,19 @@ seconds to finish, those still running are cut (cancelled, their connections clo
 then does the Webapp connection pool close (``cleanup_ctx``).
 
 The signal handlers are in place from the start of :func:`serve` to its end, so a signal during
-start-up stops the gateway in order too, and a second signal during shutdown changes nothing:
-shutdown is bounded by ``shutdown_drain + shutdown_grace`` already.
+start-up stops the gateway in order too (without ever serving), and a second signal during
+shutdown changes nothing: shutdown is bounded by ``shutdown_drain + shutdown_grace`` already.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 import ssl
 from collections.abc import Callable, Iterator
-from typing import cast
 
 import structlog
 from aiohttp import web
@@ -63,8 +63,13 @@ async def serve(
     *,
     stop: asyncio.Event | None = None,
     on_started: Callable[[str], None] | None = None,
+    then_exit: bool = False,
 ) -> None:
     """Serve ``app`` on ``config.server.listen`` until a stop signal (or ``stop`` is set).
+
+    With ``then_exit`` (the process ends when this returns), stop signals stay ignored after
+    it: a second one would otherwise kill the process while its loop closes and its last log
+    lines are written.
 
     Raises :class:`~gateway.config.ConfigError` when the listener's TLS files no longer load, and
     :class:`ListenError` when the socket cannot be opened.
@@ -92,16 +97,19 @@ async def serve(
         listener = await _bind(runner, server, tls, connections)
         try:
             await runner.setup()
-            url = await _listen(runner, listener, server.listen, tls)
-            log.info("gateway.started", url=url, webapp=str(config.webapp.url))
-            if on_started is not None:
-                on_started(url)
+            serving = not stop.is_set()  # a signal during start-up: stop without serving
+            if serving:
+                url = await _listen(runner, listener, server.listen, tls)
+                log.info("gateway.started", url=url, webapp=str(config.webapp.url))
+                if on_started is not None:
+                    on_started(url)
             await stop.wait()
             app[GATEWAY].draining = True
             log.info(
                 "gateway.stopping", drain_s=server.shutdown_drain, grace_s=server.shutdown_grace
             )
-            await asyncio.sleep(server.shutdown_drain)
+            if serving:
+                await asyncio.sleep(server.shutdown_drain)
         finally:
             await _close_listener(runner)
             listener.close()  # closed with its site already, unless the app did not start
@@ -113,6 +121,8 @@ async def serve(
         loop.set_exception_handler(exception_handler)
         for signum in STOP_SIGNALS:
             loop.remove_signal_handler(signum)
+            if then_exit:
+                signal.signal(signum, signal.SIG_IGN)
     log.info("gateway.stopped")
 
 
@@ -145,8 +155,10 @@ async def _bind(
     """
 
     def serve_connection() -> asyncio.Protocol:
-        # Only accepted connections call this, so the runner is set up and has its server.
-        return cast(web.Server, runner.server)()
+        # Only accepted connections call this, once the runner is set up; but a TLS handshake
+        # may end after shutdown has closed the listener and cleaned the runner up.
+        server = runner.server
+        return _Closed() if server is None else server()
 
     with _listen_errors(server.listen):
         return await asyncio.get_running_loop().create_server(
@@ -177,7 +189,16 @@ def _listen_errors(address: Address) -> Iterator[None]:
             [f"GATEWAY_LISTEN (server.listen): cannot resolve {address.host}: {exc.strerror}"]
         ) from None
     except OSError as exc:  # the port is taken, say: the machine's state, not the configuration
-        raise ListenError(f"cannot listen on {address}: {exc.strerror}") from None
+        # asyncio's message repeats the address; the system's alone says what is wrong.
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ListenError(f"cannot listen on {address}: {why}") from None
+
+
+class _Closed(asyncio.Protocol):
+    """A connection that came too late to be served: closed at once."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
 
 
 class _Site(web.BaseSite):

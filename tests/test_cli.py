@@ -345,7 +345,7 @@ def test_serve_on_a_busy_port_says_so_in_one_line(tmp_path: Path, busy_port: int
     result = gateway("serve", env=env, cwd=tmp_path)
     [line] = result.stderr.splitlines()
     assert result.returncode == 1
-    assert line.startswith(f"wa-gateway: cannot listen on 127.0.0.1:{busy_port}: ")
+    assert line == f"wa-gateway: cannot listen on 127.0.0.1:{busy_port}: Address already in use"
     assert "address already in use" in line.lower()
     assert_no_leak(result)
 

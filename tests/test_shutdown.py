@@ -17,11 +17,13 @@ import aiohttp
 import pytest
 from pytest_aiohttp import AiohttpServer
 
+from gateway.app import create_app
 from gateway.protocol import _Protocol
+from gateway.server import serve
 from gateway.simulator import Fault, Simulator
 
-from .conftest import MESSAGE, MakeRig
-from .processes import FRESH, GatewayProcess, serve_gateway, start_simulator
+from .conftest import MESSAGE, Logs, MakeRig, gateway_config
+from .processes import FRESH, GatewayProcess, free_port, serve_gateway, start_simulator
 from .rawhttp import Connection
 
 pytestmark = pytest.mark.slow
@@ -175,6 +177,40 @@ async def test_request_slower_than_the_grace_period_is_cut(
     assert [e["count"] for e in gateway.named("gateway.requests_cut")] == [1]
     completed = [e for e in gateway.named("request.completed") if e["path"] == "/v1/messages"]
     assert [e["failure"] for e in completed] == ["cancelled"]
+
+
+@pytest.mark.parametrize("signum", SIGNALS)
+async def test_more_signals_as_the_process_exits_change_nothing(
+    start: Start, signum: signal.Signals
+) -> None:
+    """With nothing in flight and no drain, shutdown takes a millisecond; signals that follow
+    (`timeout` sends one to the process and one to its group) must not meet the default
+    handler while the loop closes and the last lines are written: killed (143), or a
+    KeyboardInterrupt traceback instead of gateway.stopped."""
+    gateway = await start(GATEWAY_SHUTDOWN_DRAIN="0")
+    gateway.send_signal(signum)
+    for _ in range(40):  # over the 200 ms the process takes to exit, and then some
+        await asyncio.sleep(0.005)
+        with contextlib.suppress(ProcessLookupError):
+            gateway.send_signal(signum)
+    assert await gateway.wait(WAIT) == 0
+    assert_stopped_in_order(gateway)
+
+
+async def test_a_stop_during_start_up_stops_without_ever_serving(
+    sim_url: tuple[Simulator, str], logs: Logs
+) -> None:
+    """A signal while the app starts up (its first login may take GATEWAY_LOGIN_TIMEOUT): no
+    gateway.started, no connection ever accepted, and an orderly stop."""
+    config = gateway_config(sim_url[1], GATEWAY_LISTEN=f"127.0.0.1:{free_port()}")
+    stop = asyncio.Event()
+    stop.set()
+    started: list[str] = []
+    async with asyncio.timeout(WAIT):
+        await serve(create_app(config), config, stop=stop, on_started=started.append)
+    assert started == []
+    names = [event["event"] for event in logs.events if event["event"].startswith("gateway.")]
+    assert names == ["gateway.stopping", "gateway.stopped"]
 
 
 async def test_idle_keepalive_connections_do_not_hold_up_the_exit(start: Start) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import trustme
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpServer
+from yarl import URL
 
 from gateway.app import GATEWAY, create_app
 from gateway.config import Config, ConfigError, describe
@@ -272,6 +274,41 @@ async def test_listener_with_tls_answers_https_and_forwards_with_x_forwarded_pro
     assert started["url"] == url
     [message] = sim.seen_on("/v1/messages")
     assert message.headers["X-Forwarded-Proto"] == "https"
+
+
+async def test_a_handshake_that_ends_after_shutdown_gets_a_closed_connection(
+    aiohttp_server: AiohttpServer, listener_files: dict[str, str], trusting: ssl.SSLContext
+) -> None:
+    """asyncio makes the connection's protocol only once the handshake is done: one accepted
+    before the stop and finished after it, with the loop still running (the demo's simulator
+    is still cleaning up), found no server to serve it (a fatal error inside asyncio)."""
+    _, webapp_url = await start_simulator(aiohttp_server)
+    config = gateway_config(webapp_url, GATEWAY_LISTEN="127.0.0.1:0", **listener_files)
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    try:
+        async with serving(config) as url:
+            address = URL(url)
+            raw = socket.create_connection((address.host or "", address.port or 0))
+            await asyncio.sleep(0.1)  # accepted; no hello yet
+
+        def handshake_then_ask() -> bytes:
+            with trusting.wrap_socket(raw, server_hostname="127.0.0.1") as client:
+                client.settimeout(WAIT)
+                client.sendall(b"GET /_gateway/healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                return client.recv(100)
+
+        try:
+            answer = await asyncio.to_thread(handshake_then_ask)
+        except (ssl.SSLError, OSError):
+            answer = b""  # closed during the handshake: as good
+        await asyncio.sleep(0.1)
+    finally:
+        loop.set_exception_handler(None)
+        raw.close()
+    assert answer == b""
+    assert errors == []
 
 
 async def test_tls_connections_that_close_after_their_answer_log_no_error(
