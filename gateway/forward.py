@@ -18,6 +18,7 @@ import structlog
 from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion11
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
 
 from .access import Exchange
@@ -122,7 +123,8 @@ class Forwarder:
                 idle_timeout=self.server.client_body_timeout,
                 min_rate=self.server.client_body_min_rate,
             )
-        except HttpProcessingError:  # a broken chunked encoding, say
+        # A broken chunked encoding, say (the pure-Python parser's failures arrive wrapped).
+        except (HttpProcessingError, RequestPayloadError):
             raise BadFraming("The request body is not validly framed.") from None
 
     async def _replacement(self, rejected: Token) -> Token:

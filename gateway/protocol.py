@@ -13,15 +13,18 @@ gateway's limit and that one are refused by the app itself (414 too).
 
 The request line and header fields together may not exceed ``server.max_header_section``: each
 parsed request is measured (its fields as ``Name: value`` lines), and a head still arriving is
-counted as it comes, since aiohttp alone would hold any number of fields below its per-field limit
-while a client dribbles them in (about 1.5 MB a connection at the default limits). Beyond it:
-431, and nothing more is read from that connection.
+counted as it comes (from the first read that completes no request), since aiohttp alone would
+hold any number of fields below its per-field limit while a client dribbles them in (about 1.5 MB
+a connection at the default limits). Beyond it: 431, and nothing more is read from that
+connection.
 
 A framing error inside a body that is being received (a bad chunk size arriving after the headers)
-fails that body at once, so its request gets 400 rather than stalling into a 408. A request that
-offers to upgrade to anything but WebSocket (``Upgrade: h2c``) is answered as plain HTTP/1.1 and
-its connection closed after the answer (what follows a declined WebSocket offer aiohttp reads on
-its own). Request bodies are never decompressed.
+fails that body at once, so its request gets 400 rather than stalling into a 408. A chunked
+request, and one that offers to upgrade to anything but WebSocket (``Upgrade: h2c``, answered as
+plain HTTP/1.1), is the last its connection carries: aiohttp's C parser would hand a chunked
+body's trailer fields to the next request as its own headers, and drops what was pipelined
+behind such an offer (what follows a declined WebSocket offer aiohttp reads on its own). Request
+bodies are never decompressed. Both of aiohttp's parsers, C and pure Python, are tested.
 
 What aiohttp sends after the handler has returned (an answer of the gateway's own, the end of a
 relayed one) and what a closing connection still has to send get ``GATEWAY_CLIENT_SEND_TIMEOUT``
@@ -33,6 +36,7 @@ client to read, and a client that never reads would hold its connection (and its
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any, cast
 
@@ -75,12 +79,31 @@ class HeadTooLarge(BadHttpMessage):
     """The request line and header fields together are longer than the gateway takes."""
 
 
+# A header field's start. aiohttp's pure-Python parser measures a line that has not ended against
+# the request-line limit, whichever line it is; what it quotes of it tells the two apart.
+_FIELD = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:")
+
+
+def _as_bytes(text: object) -> bytes:
+    return text if isinstance(text, bytes) else str(text).encode(errors="replace")
+
+
 def head_size(message: RawRequestMessage) -> int:
     """The bytes of a request's line and header fields, each field counted as ``Name: value``
     and its line end, as clients write them (a field's own spacing is not kept by the parser)."""
     line = len(message.method) + len(message.path) + 12  # two spaces, HTTP/1.x, CRLF
     fields = sum(len(name) + len(value) + 4 for name, value in message.raw_headers)
     return line + fields + 2
+
+
+def _last_on_its_connection(message: RawRequestMessage, upgraded: bool) -> bool:
+    """Whether nothing after ``message`` may be read from its connection, because aiohttp's C
+    parser would get it wrong: it hands the trailer fields of a chunked body to the next
+    request as headers of its own, and drops what was pipelined behind an offer to upgrade to
+    anything but WebSocket (h2c, say), which would then never be answered."""
+    if message.should_close:
+        return False
+    return message.chunked or (message.upgrade and not upgraded)
 
 
 def refusal(exc: BaseException | None, status: int, server: ServerConfig) -> GatewayError:
@@ -91,7 +114,7 @@ def refusal(exc: BaseException | None, status: int, server: ServerConfig) -> Gat
             "bytes together."
         )
     if isinstance(exc, LineTooLong):
-        if exc.args[1] == line_limit(server):
+        if exc.args[1] == line_limit(server) and not _FIELD.match(_as_bytes(exc.args[0])):
             return UriTooLong(f"The request target is longer than {server.max_url} bytes.")
         return HeadersTooLarge(f"A header name or value is longer than {server.max_header} bytes.")
     if isinstance(exc, BadHttpMessage) and "Too many headers" in exc.message:
@@ -119,7 +142,9 @@ class _Protocol(RequestHandler):
         if self._refused:
             return
         # Asked before the bytes are parsed: they may end the body, and are part of it then.
-        in_head = self._body is None or self._body.is_eof()
+        # Behind an offer to upgrade to WebSocket, aiohttp holds bytes unparsed (and bounded)
+        # until the offer is answered; what they hold is measured once parsed.
+        in_head = not self._upgraded and (self._body is None or self._body.is_eof())
         parsed = self._request_count
         super().data_received(data)
         self._check_parsed()
@@ -148,10 +173,7 @@ class _Protocol(RequestHandler):
                     self._messages.pop()
                 self._refuse_head()
                 return
-            elif message.upgrade and not self._upgraded and not message.should_close:
-                # An offer to upgrade to anything but WebSocket (h2c, say) makes aiohttp's C
-                # parser drop whatever the client pipelined behind it: the connection closes
-                # after the answer, so that such a request is not left waiting for one.
+            elif _last_on_its_connection(message, self._upgraded):
                 self._messages[index] = (message._replace(should_close=True), payload)
 
     def _refuse_head(self) -> None:
@@ -215,7 +237,11 @@ class _Protocol(RequestHandler):
             bodies.append(self._current_request.content)
         for body in bodies:
             if not body.is_eof() and body.exception() is None:
-                body.set_exception(BadHttpMessage("The request body is not validly framed."))
+                error = BadHttpMessage("The request body is not validly framed.")
+                body.set_exception(error)
+                # A reader that the end of a chunk woke without data waits again without
+                # looking at the exception (aiohttp's readany): told again once it waits.
+                self._loop.call_soon(body.set_exception, error)
 
     def handle_error(
         self,

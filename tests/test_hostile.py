@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
+from aiohttp import web_protocol
+from aiohttp.http_parser import HttpRequestParserPy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.headers import HOP_BY_HOP
-from gateway.simulator import Seen
+from gateway.simulator import Fault, Seen
 
 from . import rawhttp
 from .conftest import API_KEY, Logs, MakeRig, Rig, open_files, until
@@ -267,14 +269,12 @@ CASES: list[Case] = [
         http(POST, b"Transfer-Encoding:\tchunked", body=b"3\r\nabc\r\n0\r\n\r\n"),
         201,
         MEDIA3,
-        closes=False,
     ),
     Case(
         "smuggle-te-uppercase",
         http(POST, b"Transfer-Encoding: CHUNKED", body=b"3\r\nabc\r\n0\r\n\r\n"),
         201,
         MEDIA3,
-        closes=False,
     ),
     Case(
         "smuggle-request-in-body",
@@ -317,14 +317,14 @@ CASES: list[Case] = [
         chunked(POST, chunks=b"3;name=value\r\nabc\r\n0\r\n\r\n"),
         201,
         MEDIA3,
-        closes=False,
     ),
+    # A chunked request's connection closes after the answer: aiohttp's C parser hands the
+    # trailer's fields to the next request on it, as headers of its own.
     Case(
         "chunk-trailer-carries-credentials",
         chunked(POST, chunks=b"3\r\nabc\r\n0\r\nAuthorization: Bearer client\r\nX-Late: 1\r\n\r\n"),
         201,
         Upstream("POST", "/v1/media", content_length=3, absent=("X-Late",)),
-        closes=False,
     ),
     Case(
         "chunked-body-above-max-body",
@@ -939,9 +939,19 @@ PIPELINES = [
         ["/v1/health"],
     ),
     (
+        # Answered, then closed: what follows a chunked body is not read (see above).
         "after-the-last-chunk",
         [chunked(POST, chunks=b"3\r\nabc\r\n0\r\n\r\n"), http(b"DELETE /v1/users/admin HTTP/1.1")],
-        [201, 403],
+        [201],
+        ["/v1/media"],
+    ),
+    (
+        "after-a-trailer",
+        [
+            chunked(POST, chunks=b"3\r\nabc\r\n0\r\nX-Leak: 1\r\n\r\n"),
+            http(b"GET /v1/settings/application HTTP/1.1"),
+        ],
+        [201],
         ["/v1/media"],
     ),
 ]
@@ -998,19 +1008,14 @@ async def test_a_head_beyond_the_section_limit_is_refused_however_its_bytes_arri
     await assert_healthy(rig, logs)
 
 
-@pytest.mark.parametrize("framing", ["length", "chunked"])
-async def test_bodies_beyond_the_section_limit_are_bodies_not_heads(
-    make_rig: MakeRig, logs: Logs, framing: str
+async def test_a_body_beyond_the_section_limit_is_a_body_not_a_head(
+    make_rig: MakeRig, logs: Logs
 ) -> None:
     """A 40 KB upload whose last 39 KB arrive in one read, the one that ends the body, then the
     next request on the same connection: neither is taken for a head beyond
     GATEWAY_MAX_HEADER_SECTION."""
     rig = await make_rig(env=LIMITS)
-    body = b"m" * 40000
-    if framing == "length":
-        upload = http(POST, b"Content-Length: 40000", body=body)
-    else:
-        upload = chunked(POST, chunks=b"9c40\r\n" + body + b"\r\n0\r\n\r\n")
+    upload = http(POST, b"Content-Length: 40000", body=b"m" * 40000)
     async with Connection(rig.client.port) as conn:
         await send(conn, (upload[:-39000], upload[-39000:]))
         await asyncio.sleep(0.1)
@@ -1046,6 +1051,95 @@ async def test_a_body_pipelined_behind_a_declined_websocket_offer_is_not_counted
         ("GET", 0),
         ("POST", 40000),
     ]
+    await assert_healthy(rig, logs)
+
+
+# --- both of aiohttp's parsers ----------------------------------------------------------------
+
+
+@pytest.fixture(params=["c", "python"])
+def parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The listener with aiohttp's C parser (when built), and with its pure-Python one, which
+    aiohttp uses where no wheel is built or AIOHTTP_NO_EXTENSIONS is set."""
+    if request.param == "python":
+        monkeypatch.setattr(web_protocol, "HttpRequestParser", HttpRequestParserPy)
+    return str(request.param)
+
+
+CHUNKED_HEAD = http(POST, b"Transfer-Encoding: chunked")
+BROKEN_BODIES = [
+    # (name, parts sent a moment apart, statuses with the C parser and the pure-Python one)
+    ("bad-size-after-a-chunks-end", (CHUNKED_HEAD + b"3\r\nabc", b"\r\nzz\r\n"), (400, 400)),
+    ("bad-size-inside-a-chunk", (CHUNKED_HEAD + b"3\r\nab", b"c\r\nzz\r\n"), (400, 400)),
+    (
+        "long-chunk-extension",
+        (CHUNKED_HEAD + b"3;x=" + b"e" * 6000 + b"\r\nabc\r\n0\r\n\r\n",),
+        (201, 400),
+    ),
+    (
+        "long-trailer",
+        (CHUNKED_HEAD + b"3\r\nabc\r\n0\r\nX-T: " + b"t" * 6000 + b"\r\n\r\n",),
+        (431, 400),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("parts", "statuses"),
+    [case[1:] for case in BROKEN_BODIES],
+    ids=[case[0] for case in BROKEN_BODIES],
+)
+async def test_a_chunked_body_either_parser_refuses_gets_4xx_at_once(
+    make_rig: MakeRig,
+    logs: Logs,
+    parser: str,
+    parts: tuple[bytes, ...],
+    statuses: tuple[int, int],
+) -> None:
+    """Not a 408 once the body timeout has passed (the C parser's reader, woken by the end of a
+    chunk, waited again), nor a 500 (the pure-Python parser's failures arrive wrapped)."""
+    rig = await make_rig(env=LIMITS)
+    async with Connection(rig.client.port) as conn:
+        await send(conn, parts)
+        response = await conn.response()
+    assert response.status == statuses[parser == "python"]
+    assert [seen.body_size for seen in forwarded(rig)] in ([], [3])
+    assert not logs.named("request.crashed")
+    await assert_healthy(rig, logs)
+
+
+async def test_a_header_line_over_the_limit_is_431_however_it_arrives(
+    make_rig: MakeRig, logs: Logs, parser: str
+) -> None:
+    """The pure-Python parser measures a line that has not ended against the request line's
+    limit: what it quotes of the line tells a header field (431) from a target (414)."""
+    rig = await make_rig(env=LIMITS)
+    async with Connection(rig.client.port) as conn:
+        await send(conn, (http(GET)[:-2] + b"X-Big: " + b"a" * 5000, b"\r\n\r\n"))
+        response = await conn.response()
+    assert response.status == 431
+    assert forwarded(rig) == []
+
+
+async def test_a_body_behind_a_websocket_offer_still_being_answered_is_a_body(
+    make_rig: MakeRig, logs: Logs, parser: str
+) -> None:
+    """aiohttp holds what arrives behind a WebSocket offer unparsed until the offer is answered:
+    a 40 KB body among it is not a head beyond GATEWAY_MAX_HEADER_SECTION."""
+    rig = await make_rig(env=LIMITS)
+    rig.sim.faults.append(Fault("delay", path="/v1/health", delay=0.5))
+    body = b"m" * 40000
+    async with Connection(rig.client.port) as conn:
+        await conn.send(
+            http(GET, b"Connection: Upgrade", b"Upgrade: websocket")
+            + http(POST, b"Content-Length: 40000")
+        )
+        for start in range(0, len(body), 4000):
+            await asyncio.sleep(0.01)  # a read for each piece, while the GET is answered
+            await conn.send(body[start : start + 4000])
+        answers = [await conn.response() for _ in range(2)]
+    assert [answer.status for answer in answers] == [200, 201]
+    assert [seen.body_size for seen in forwarded(rig)] == [0, 40000]
     await assert_healthy(rig, logs)
 
 
