@@ -10,14 +10,16 @@ underscore, as nginx does by default: a CGI-style server reads ``X_Original_URL`
 ``X-Original-URL``, past every name checked here.
 Toward the client: hop-by-hop headers are dropped, and so is a field whose value is not UTF-8
 (aiohttp could only send it altered: cut short at the first such byte) or holds a control
-character (aiohttp's parser takes them, its writer refuses them); framing comes from the
-Webapp's ``Content-Length`` when it sent one.
+character (aiohttp's parser takes them, its writer refuses them), and a field whose name is not
+a token (``Content-Length : 5``); framing comes from the Webapp's ``Content-Length`` when it sent
+one, and :func:`framing_problem` says when the Webapp's framing cannot be relayed at all.
 """
 
 from __future__ import annotations
 
 import random
 import re
+import string
 from collections.abc import Iterable
 
 from multidict import CIMultiDict, MultiMapping
@@ -149,10 +151,16 @@ def downstream_headers(upstream: MultiMapping[str], *, request_id: str) -> CIMul
     headers: CIMultiDict[str] = CIMultiDict(
         (name, value)
         for name, value in upstream.items()
-        if name.lower() not in dropped and sendable(value)
+        if name.lower() not in dropped and sendable(value) and _TOKEN.issuperset(name)
     )
     headers[REQUEST_ID] = request_id
     return headers
+
+
+# What a field name may hold (RFC 9110 section 5.1). aiohttp's C parser keeps a name written with
+# a space before its colon (``Content-Length : 5``) as "Content-Length ": it would pass every
+# check above and reach the client, where a front proxy that trims it reads two framings.
+_TOKEN = frozenset("!#$%&'*+-.^_`|~" + string.ascii_letters + string.digits)
 
 
 _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")  # all but HTAB, which a value may hold
@@ -162,6 +170,18 @@ def sendable(text: str) -> bool:
     """Whether aiohttp can send ``text`` (a header value, a reason phrase) as it is."""
     # Printable text (the usual case) holds neither a control character nor a lone surrogate.
     return text.isprintable() or (_CONTROL.search(text) is None and _decodable(text))
+
+
+def framing_problem(answer: MultiMapping[str]) -> str | None:
+    """Why an answer's framing cannot be relayed as it is, or None. aiohttp undoes the chunks of
+    ``gzip, chunked`` and leaves the rest (relayed, the body would be garbage), and its
+    pure-Python parser takes a length from Content-Length fields that disagree (the C parser
+    refuses them); relayed, the client would get both."""
+    if not only_chunked(answer.getall("Transfer-Encoding", ())):
+        return "with a Transfer-Encoding other than chunked"
+    if len(set(answer.getall("Content-Length", ()))) > 1:
+        return "with Content-Length fields that disagree"
+    return None
 
 
 def only_chunked(transfer_encoding: Iterable[str]) -> bool:

@@ -13,7 +13,6 @@ import ssl
 from collections.abc import AsyncIterator
 
 import aiohttp
-from aiohttp import hdrs
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -23,7 +22,7 @@ from .connector import Connector
 from .cutoff import CutWatch
 from .deadlines import extend
 from .errors import GatewayError, WebappTimeout, WebappUnreachable
-from .headers import only_chunked
+from .headers import framing_problem
 from .login import BadCredentials, Grant, InvalidLoginAnswer, WebappUnavailable, parse_login
 from .passwords import PasswordFile
 from .rotation import log_in
@@ -214,12 +213,11 @@ class Webapp:
                 f"The Webapp answered with the interim status {response.status}.",
                 kind="invalid_response",
             )
-        if not only_chunked(response.headers.getall(hdrs.TRANSFER_ENCODING, ())):
-            # aiohttp undoes the chunks and leaves the rest: relayed, the body would be garbage.
+        problem = framing_problem(response.headers)
+        if problem is not None:
             response.close()
             raise WebappUnreachable(
-                "The Webapp framed its answer with a Transfer-Encoding other than chunked.",
-                kind="invalid_response",
+                f"The Webapp framed its answer {problem}.", kind="invalid_response"
             )
         return response
 
