@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
@@ -13,6 +14,8 @@ from .metrics import Metrics
 log = structlog.get_logger("gateway.access")
 
 MAX_LOGGED_PATH = 512
+# The user part of a target's authority: after "scheme://" or "//", or at the start of CONNECT's.
+_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:)?//|)[^/?#@]*@")
 OWN_PREFIX = "/_gateway/"  # the gateway's own endpoints
 
 
@@ -67,8 +70,10 @@ def completed(
 
 def _logged_path(raw_target: str) -> str:
     """The path of a raw target, without the query or the authority of an absolute-form one
-    (``http://user:password@host/...``: a credential, as likely as not)."""
-    path = raw_target.partition("?")[0]
+    (``http://user:password@host/...``: a credential, as likely as not), and with the user part
+    of one written as ``//user:password@host/...`` or, for CONNECT, ``user:password@host``
+    masked."""
+    path = _USERINFO.sub(r"\1***@", raw_target.partition("?")[0], count=1)
     if not path.startswith("/") and "://" in path:
         path = "/" + path.partition("://")[2].partition("/")[2]
     return path[:MAX_LOGGED_PATH]

@@ -28,7 +28,7 @@ from .config import ServerConfig
 from .cutoff import next_chunk
 from .deadlines import extend
 from .errors import BadFraming, GatewayError
-from .headers import downstream_headers, sendable, upstream_headers
+from .headers import downstream_headers, masked, sendable, upstream_headers
 from .metrics import Metrics
 from .policy import Action, Target
 from .responses import StreamResponse
@@ -169,11 +169,18 @@ class Forwarder:
         """Stream ``answer`` back, having told the pool whether the Webapp accepted ``token``."""
         if token is not None and (accepted := token_verdict(answer.status)) is not None:
             self.pool.report(self.webapp.account, token, accepted=accepted)
+        # What the Webapp got: the token, else (on the API-key paths) the key.
+        sent = token.value if token is not None else self.api_key
+        credential = None if sent is None else sent.reveal()
         reason = answer.reason
+        if reason is not None:  # None: the standard phrase, as for one aiohttp cannot send
+            reason = masked(reason, credential) if sendable(reason) else None
         response = StreamResponse(
             status=answer.status,
-            reason=reason if reason is None or sendable(reason) else None,  # None: the standard
-            headers=downstream_headers(answer.headers, request_id=exchange.request_id),
+            reason=reason,
+            headers=downstream_headers(
+                answer.headers, request_id=exchange.request_id, credential=credential
+            ),
         )
         if request.version < HttpVersion11 and hdrs.CONTENT_LENGTH not in response.headers:
             # HTTP/1.0 has no chunks: such a body ends at the close, which aiohttp would not

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from multidict import CIMultiDict, MultiMapping
 
 from .errors import BadRequest
+from .secret import MASK
 
 # Lower-case names: comparing name.lower() is cheaper than building case-insensitive strings.
 HOP_BY_HOP = frozenset(
@@ -144,17 +145,29 @@ def _decodable(value: str) -> bool:
     return True
 
 
-def downstream_headers(upstream: MultiMapping[str], *, request_id: str) -> CIMultiDict[str]:
-    """The headers returned to the client for the Webapp's response."""
+def downstream_headers(
+    upstream: MultiMapping[str], *, request_id: str, credential: str | None = None
+) -> CIMultiDict[str]:
+    """The headers returned to the client for the Webapp's response, with ``credential`` (the
+    token or API key the request was sent with) masked wherever the Webapp echoed it."""
     named = _connection_named(upstream)
     dropped = HOP_BY_HOP | named if named else HOP_BY_HOP
     headers: CIMultiDict[str] = CIMultiDict(
-        (name, value)
+        (name, masked(value, credential))
         for name, value in upstream.items()
         if name.lower() not in dropped and sendable(value) and _TOKEN.issuperset(name)
     )
     headers[REQUEST_ID] = request_id
     return headers
+
+
+def masked(text: str, credential: str | None) -> str:
+    """``text`` with every occurrence of ``credential`` replaced by ``***``: a Webapp that echoes
+    the Authorization it got (in WWW-Authenticate, a Location, a reason phrase) would hand the
+    gateway's credential to a client that never had it."""
+    if credential and credential in text:
+        return text.replace(credential, MASK)
+    return text
 
 
 # What a field name may hold (RFC 9110 section 5.1). aiohttp's C parser keeps a name written with

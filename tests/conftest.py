@@ -104,6 +104,7 @@ class GatewayTestServer(TestServer):
     """A test server that runs the app the way ``wa-gateway serve`` does (GatewayRunner)."""
 
     async def _make_runner(self, **kwargs: Any) -> GatewayRunner:
+        kwargs.setdefault("access_log", None)  # as serve(): the gateway writes its own
         return GatewayRunner(self.app, **kwargs)
 
 

@@ -432,6 +432,25 @@ async def test_an_absolute_form_target_is_logged_by_its_path_without_its_credent
     assert "hunter2" not in logs.text
 
 
+@pytest.mark.parametrize(
+    ("line", "path", "status"),
+    [
+        (b"GET //admin:hunter2@gw/v1/health", "//***@gw/v1/health", 404),
+        (b"CONNECT admin:hunter2@gw:443", "***@gw:443", 405),
+    ],
+    ids=["network-path", "connect-authority"],
+)
+async def test_a_user_and_password_in_any_target_authority_is_masked_in_the_log(
+    rig: Rig, logs: Logs, line: bytes, path: str, status: int
+) -> None:
+    request = line + b" HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+    response = rawhttp.parse(await rawhttp.exchange("127.0.0.1", rig.client.port, request))
+    assert response.status == status
+    event = await access_event(logs, response.headers["x-request-id"])
+    assert event["path"] == path
+    assert "hunter2" not in logs.text
+
+
 # --- the redaction processor ---------------------------------------------------------------------
 
 

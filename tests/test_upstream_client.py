@@ -212,6 +212,43 @@ async def test_a_redirected_login_is_a_failed_login_not_followed(
     assert followed == []
 
 
+async def echo_credential(request: web.Request) -> web.StreamResponse:
+    """A Webapp that reflects the Authorization it got in every place an answer has."""
+    sent = request.headers["Authorization"]
+    return web.Response(
+        status=401 if request.path == "/v1/echo-401" else 302,
+        reason=f"Refused {sent}",
+        headers={
+            "WWW-Authenticate": f'Bearer error="invalid_token", error_description="{sent}"',
+            "Location": f"/v1/elsewhere?auth={sent}",
+            "X-Echo": sent,
+        },
+    )
+
+
+@pytest.mark.parametrize("path", ["/v1/echo", "/v1/echo-401", "/v1/health"])
+async def test_a_credential_the_webapp_echoes_in_its_answers_head_is_masked(
+    aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient, path: str
+) -> None:
+    """The client never had the token or the API key: a Webapp that reflects the Authorization it
+    got (in a reason phrase, WWW-Authenticate, a Location) must not hand it over. The 401 is
+    replayed with a new token, which is masked as well. Bodies are relayed as they are."""
+    webapp = TinyWebapp(echo_credential)
+    client = await gateway_before(webapp.make_app(), aiohttp_server, aiohttp_client)
+    assert client.port is not None
+    raw = await rawhttp.exchange(
+        "127.0.0.1",
+        client.port,
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode(),
+    )
+    head = raw.partition(b"\r\n\r\n")[0].decode("latin-1")
+    credentials = [received.headers["Authorization"].split()[1] for received in webapp.seen]
+    assert credentials
+    assert API_KEY not in head
+    assert [credential for credential in credentials if credential in head] == []
+    assert head.count("***") == 4  # reason, WWW-Authenticate, Location, X-Echo
+
+
 # --- proxies from the environment --------------------------------------------------------
 
 PROXY_VARIABLES = (
