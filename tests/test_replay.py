@@ -220,3 +220,5 @@ async def test_a_spool_that_cannot_be_written_gives_a_named_503_not_a_crash(
     assert "ENOENT" in error["details"]
     assert rig.sim.seen_on("/v1/media") == []
     assert not rig.logs.named("request.crashed")
+    (event,) = [e for e in rig.logs.named("request.completed") if e["path"] == "/v1/media"]
+    assert event["failure"] == "spool_failed"
