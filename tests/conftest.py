@@ -7,12 +7,14 @@ import base64
 import io
 import json
 import os
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
@@ -205,3 +207,31 @@ async def warmed(make_rig: MakeRig, **env: str) -> Rig:
 async def rig(make_rig: MakeRig) -> Rig:
     """The everyday rig: a healthy Webapp with an API key, the gateway logged in."""
     return await make_rig()
+
+
+# --- TLS: one CA for the Webapp's certificates and the gateway's listener -------------------------
+
+
+@pytest.fixture
+def ca() -> trustme.CA:
+    """The CA that issues the Webapp's and the listener's certificates; no system trusts it."""
+    return trustme.CA()
+
+
+@pytest.fixture
+def listener_files(ca: trustme.CA, tmp_path: Path) -> dict[str, str]:
+    """Settings for a listener certificate for 127.0.0.1 from ``ca``; the key file mode 0600."""
+    cert = ca.issue_cert("127.0.0.1")
+    cert_path, key_path = tmp_path / "gateway-cert.pem", tmp_path / "gateway-key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_path))
+    cert.private_key_pem.write_to_path(str(key_path))
+    key_path.chmod(0o600)
+    return {"GATEWAY_TLS_CERT_FILE": str(cert_path), "GATEWAY_TLS_KEY_FILE": str(key_path)}
+
+
+@pytest.fixture
+def trusting(ca: trustme.CA) -> ssl.SSLContext:
+    """A client context that trusts ``ca``."""
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context

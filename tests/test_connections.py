@@ -21,9 +21,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-import trustme
 from pytest_aiohttp import AiohttpServer
 
+from gateway.config import Config
 from gateway.connections import (
     ACCEPT_FAILED,
     BACKLOG,
@@ -35,6 +35,7 @@ from gateway.connections import (
     descriptor_plan,
     descriptors_needed,
 )
+from gateway.simulator import Simulator
 
 from .conftest import MESSAGE, Logs, Scrape, gateway_config
 from .processes import GatewayProcess, free_port, gateway_env, running_gateway, start_simulator
@@ -158,35 +159,29 @@ async def test_connections_within_the_limit_are_all_served(
 # --- the limit on a TLS listener ------------------------------------------------------------------
 
 
-@pytest.fixture
-def tls(tmp_path: Path) -> tuple[dict[str, str], ssl.SSLContext]:
-    """Settings for a listener certificate for 127.0.0.1, and a client context that trusts it."""
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert.cert_chain_pems[0].write_to_path(str(cert_path))
-    cert.private_key_pem.write_to_path(str(key_path))
-    key_path.chmod(0o600)
-    client = ssl.create_default_context()
-    ca.configure_trust(client)
-    return {"GATEWAY_TLS_CERT_FILE": str(cert_path), "GATEWAY_TLS_KEY_FILE": str(key_path)}, client
+async def tls_gateway(
+    aiohttp_server: AiohttpServer, listener_files: dict[str, str], **env: str
+) -> tuple[Simulator, Config]:
+    """A simulator, and a gateway configuration in front of it with TLS on a port of its own."""
+    sim, webapp_url = await start_simulator(aiohttp_server)
+    return sim, gateway_config(webapp_url, GATEWAY_LISTEN="127.0.0.1:0", **listener_files, **env)
 
 
 async def test_a_tls_connection_beyond_the_limit_is_closed_unanswered_until_one_closes(
-    aiohttp_server: AiohttpServer, tls: tuple[dict[str, str], ssl.SSLContext], logs: Logs
+    aiohttp_server: AiohttpServer,
+    listener_files: dict[str, str],
+    trusting: ssl.SSLContext,
+    logs: Logs,
 ) -> None:
-    sim, webapp_url = await start_simulator(aiohttp_server)
-    files, client = tls
-    config = gateway_config(
-        webapp_url,
-        GATEWAY_LISTEN="127.0.0.1:0",
+    sim, config = await tls_gateway(
+        aiohttp_server,
+        listener_files,
         GATEWAY_MAX_CONNECTIONS="2",
         GATEWAY_CLIENT_IDLE_TIMEOUT=IDLE,
-        **files,
     )
 
     def session() -> aiohttp.ClientSession:
-        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client))
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trusting))
 
     async with serving(config) as url, contextlib.AsyncExitStack() as stack:
         idle = [await stack.enter_async_context(session()) for _ in range(2)]
@@ -227,24 +222,21 @@ async def client_connections(session: aiohttp.ClientSession, url: str) -> float:
 
 
 async def test_a_tls_connection_closed_for_idleness_is_not_counted_while_awaiting_close_notify(
-    aiohttp_server: AiohttpServer, tls: tuple[dict[str, str], ssl.SSLContext]
+    aiohttp_server: AiohttpServer, listener_files: dict[str, str], trusting: ssl.SSLContext
 ) -> None:
     """A TLS client that finishes its handshake, then neither sends nor reads, is closed after the
     idle timeout and gives up its place under the limit once the send timeout has passed too:
     the gateway does not wait asyncio's 30 s for a close_notify that this client never sends."""
-    _, webapp_url = await start_simulator(aiohttp_server)
-    files, client = tls
-    config = gateway_config(
-        webapp_url,
-        GATEWAY_LISTEN="127.0.0.1:0",
+    _, config = await tls_gateway(
+        aiohttp_server,
+        listener_files,
         GATEWAY_CLIENT_IDLE_TIMEOUT="2",
         GATEWAY_CLIENT_SEND_TIMEOUT="2",
-        **files,
     )
     # One kept-alive connection asks every time, so it is the one counted besides the silent one.
-    connector = aiohttp.TCPConnector(ssl=client, limit=1)
+    connector = aiohttp.TCPConnector(ssl=trusting, limit=1)
     async with serving(config) as url, aiohttp.ClientSession(connector=connector) as session:
-        silent = await asyncio.to_thread(tls_handshake, port_of(url), client)
+        silent = await asyncio.to_thread(tls_handshake, port_of(url), trusting)
         try:
             assert await client_connections(session, url) == 2
             async with asyncio.timeout(WAIT):  # asyncio's own wait would be 30 s

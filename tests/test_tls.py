@@ -51,12 +51,6 @@ def expired(ca: trustme.CA, host: str) -> trustme.LeafCert:
 
 
 @pytest.fixture
-def ca() -> trustme.CA:
-    """The CA that issues the Webapp's certificates; no system trusts it."""
-    return trustme.CA()
-
-
-@pytest.fixture
 def ca_file(ca: trustme.CA, tmp_path: Path) -> Path:
     path = tmp_path / "webapp-ca.pem"
     ca.cert_pem.write_to_path(str(path))
@@ -213,25 +207,6 @@ async def test_an_https_url_to_a_plain_http_webapp_is_a_tls_handshake_failure(
 
 
 # --- TLS on the gateway's own listener ------------------------------------------------------------
-
-
-@pytest.fixture
-def listener_files(ca: trustme.CA, tmp_path: Path) -> dict[str, str]:
-    """Settings for a listener certificate for 127.0.0.1 from ``ca``; the key file mode 0600."""
-    cert = ca.issue_cert("127.0.0.1")
-    cert_path, key_path = tmp_path / "gateway-cert.pem", tmp_path / "gateway-key.pem"
-    cert.cert_chain_pems[0].write_to_path(str(cert_path))
-    cert.private_key_pem.write_to_path(str(key_path))
-    key_path.chmod(0o600)
-    return {"GATEWAY_TLS_CERT_FILE": str(cert_path), "GATEWAY_TLS_KEY_FILE": str(key_path)}
-
-
-@pytest.fixture
-def trusting(ca: trustme.CA) -> ssl.SSLContext:
-    """A client context that trusts ``ca``."""
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    return context
 
 
 @contextlib.asynccontextmanager
