@@ -34,7 +34,8 @@ from .policy import Action, Target
 from .responses import StreamResponse
 from .secret import Secret
 from .tokens import TokenPool
-from .webapp import Webapp, token_verdict, translate
+from .verdicts import token_verdict, translate
+from .webapp import Webapp
 
 log = structlog.get_logger("gateway.forward")
 

@@ -117,7 +117,7 @@ class TokenPool:
 
     def report(self, account: Account, token: Token, *, accepted: bool) -> None:
         """Tell the pool whether the Webapp accepted ``token`` (401 or not; an answer that
-        cannot tell, see :func:`gateway.webapp.token_verdict`, is not reported).
+        cannot tell, see :func:`gateway.verdicts.token_verdict`, is not reported).
 
         A refused token that is the newest one was issued for this very request's replay. It is
         dropped, so that the next caller logs in afresh; once fresh tokens are refused in a row,

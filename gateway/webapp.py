@@ -1,14 +1,13 @@
 """Everything that talks to the Webapp: the one client session, the login, and sending requests.
 
-This module owns the ``aiohttp.ClientSession`` (one keep-alive connection pool) and is the one place
-where client exceptions become gateway errors. :func:`parse_login` reads a login answer without I/O.
+This module owns the ``aiohttp.ClientSession`` (one keep-alive connection pool). What its failures
+and answers mean is decided without I/O in :mod:`gateway.verdicts`, as :func:`parse_login` reads
+a login answer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import ssl
 from collections.abc import AsyncIterator
 
@@ -21,13 +20,14 @@ from .config import Config
 from .connector import Connector
 from .cutoff import CutWatch
 from .deadlines import extend
-from .errors import GatewayError, WebappTimeout, WebappUnreachable
+from .errors import WebappUnreachable
 from .headers import framing_problem
 from .login import BadCredentials, Grant, InvalidLoginAnswer, WebappUnavailable, parse_login
 from .passwords import PasswordFile
 from .rotation import log_in
 from .secret import Secret
 from .slots import Slots
+from .verdicts import token_verdict, translate
 
 LOGIN_PATH = "/v1/users/login"
 CHECK_PATH = "/v1/health"
@@ -47,81 +47,6 @@ def ssl_context(config: Config) -> ssl.SSLContext | bool:
     if webapp.ca_file is None:
         return True
     return ssl.create_default_context(cafile=str(webapp.ca_file))
-
-
-_CONNECT_HINT = "GATEWAY_CONNECT_TIMEOUT"
-
-
-def translate(exc: BaseException) -> GatewayError:  # noqa: PLR0911 - one answer per kind
-    """The gateway error, with its ``kind`` for metrics and logs, for a failed exchange."""
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):  # nothing was sent: unreachable, not slow
-        return WebappUnreachable(
-            f"The gateway could not connect to the Webapp within {_CONNECT_HINT}.", kind="connect"
-        )
-    if isinstance(exc, TimeoutError):  # aiohttp's other timeouts are TimeoutErrors too
-        return WebappTimeout("The Webapp did not answer in time.", kind="timeout")
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return WebappUnreachable(_certificate_refusal(exc.certificate_error), kind="tls")
-    if isinstance(exc, aiohttp.ClientSSLError):
-        return WebappUnreachable(
-            f"The TLS handshake with the Webapp failed ({_ssl_reason(exc)}): check that "
-            "WA_WEBAPP_URL names the Webapp's HTTPS port.",
-            kind="tls",
-        )
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return WebappUnreachable(
-            f"The gateway cannot connect to the Webapp ({_connect_reason(exc.os_error)}).",
-            kind="connect",
-        )
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return WebappUnreachable(
-            "The Webapp sent an invalid HTTP response.", kind="invalid_response"
-        )
-    return WebappUnreachable(
-        "The Webapp closed the connection before answering.", kind="disconnected"
-    )
-
-
-def token_verdict(status: int) -> bool | None:
-    """What an answer says of the token it was sent with: refused (401), accepted, or nothing
-    (None) for 429 and 5xx, which the Webapp may give before it looks at the token."""
-    if status == 401:
-        return False
-    if status == 429 or status >= 500:
-        return None
-    return True
-
-
-def _connect_reason(error: OSError) -> str:
-    """Why a connection could not be made, in the system's words and without the address
-    (asyncio's message names it; the operator has it in WA_WEBAPP_URL)."""
-    if isinstance(error, socket.gaierror):
-        return f"its host name does not resolve: {error.strerror}"
-    return os.strerror(error.errno) if error.errno else type(error).__name__
-
-
-# OpenSSL's verification results that a CA file cannot fix (X509_V_ERR_*).
-_CERT_NOT_YET_VALID, _CERT_HAS_EXPIRED = 9, 10
-_HOSTNAME_MISMATCH, _IP_ADDRESS_MISMATCH = 62, 64
-
-
-def _certificate_refusal(error: BaseException) -> str:
-    """What was wrong with the Webapp's certificate, and the setting that fixes it."""
-    code = getattr(error, "verify_code", None)
-    # OpenSSL's words (which name at most the host the gateway asked for), or Python's.
-    reason = getattr(error, "verify_message", None) or str(error) or type(error).__name__
-    if code in (_HOSTNAME_MISMATCH, _IP_ADDRESS_MISMATCH):
-        advice = "make WA_WEBAPP_URL name a host the certificate is issued for"
-    elif code in (_CERT_NOT_YET_VALID, _CERT_HAS_EXPIRED):
-        advice = "renew the Webapp's certificate (or correct a clock)"
-    else:
-        advice = "set WA_CA_FILE to the CA certificate that issued it"
-    return f"The Webapp's TLS certificate was not accepted ({reason.rstrip('.')}): {advice}."
-
-
-def _ssl_reason(exc: aiohttp.ClientSSLError) -> str:
-    # ssl.SSLError's reason is OpenSSL's fixed name for the failure, such as WRONG_VERSION_NUMBER.
-    return getattr(exc.os_error, "reason", None) or type(exc.os_error).__name__
 
 
 class Webapp:

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from gateway.access import Exchange
 from gateway.simulator import Fault
-from gateway.webapp import translate
+from gateway.verdicts import translate
 
 from . import rawhttp
 from .conftest import MESSAGE, MakeRig, Rig, error_of, warmed
